@@ -1,0 +1,78 @@
+"""Dataset checks and normalisation shared by the trainers.
+
+Accepted layouts (text or chat messages, like TRL's dataset formats):
+
+* ``prompt`` + ``completion``: the prompt, and a reference completion for off-policy rows;
+* ``messages``: a conversation; the last assistant message becomes the completion, everything before it the prompt;
+* ``prompt`` alone: only when no row ever needs a reference completion (pure on-policy training).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from datasets import Dataset, IterableDataset
+
+
+logger = logging.getLogger(__name__)
+
+
+def _is_empty(completion: Any) -> bool:
+    if completion is None:
+        return True
+    if isinstance(completion, str):
+        return not completion.strip()
+    # conversational: a list of messages; empty when no message has non-blank content
+    return not any(str(message.get("content") or "").strip() for message in completion)
+
+
+def split_messages(messages: list[dict]) -> tuple[list[dict], list[dict]]:
+    """``messages`` -> (prompt, completion): the completion is the last assistant message."""
+    for i in range(len(messages) - 1, -1, -1):
+        if messages[i].get("role") == "assistant":
+            return messages[:i], [messages[i]]
+    roles = [m.get("role") for m in messages]
+    raise ValueError(f"A `messages` row has no assistant message to distil (roles: {roles}).")
+
+
+def prepare_prompt_completion_dataset(
+    dataset: Dataset | IterableDataset | None, name: str = "train_dataset", needs_completion: bool = True
+) -> Dataset | IterableDataset | None:
+    """Check the columns, convert ``messages`` to ``prompt``/``completion`` and drop rows with empty completions.
+
+    Raises:
+        ValueError: naming the columns found and the layouts expected, when the columns don't fit.
+    """
+    if dataset is None:
+        return None
+    columns = list(dataset.column_names or [])
+    if "prompt" not in columns and "messages" in columns:
+        dataset = dataset.map(
+            lambda row: dict(zip(("prompt", "completion"), split_messages(row["messages"]), strict=True)),
+            remove_columns=["messages"],
+        )
+        columns = [c for c in columns if c != "messages"] + ["prompt", "completion"]
+    if "prompt" not in columns or (needs_completion and "completion" not in columns):
+        needed = "`prompt` and `completion`, or `messages`" if needs_completion else "`prompt` (or `messages`)"
+        hint = (
+            " A `completion` is needed because λ < 1 makes some rows off-policy; with lmbda=1.0 (constant) or "
+            "seq_kd=True a `prompt` column suffices."
+            if needs_completion and "prompt" in columns
+            else ""
+        )
+        raise ValueError(f"{name} has columns {columns}; expected {needed}.{hint}")
+    if needs_completion and isinstance(dataset, Dataset):
+        empty = [i for i, completion in enumerate(dataset["completion"]) if _is_empty(completion)]
+        if len(empty) == len(dataset):
+            raise ValueError(f"Every row of {name} has an empty completion; off-policy rows would train on no tokens.")
+        if empty:
+            logger.warning(
+                "%s: dropped %d of %d rows whose completion is empty (they would train on zero tokens off-policy).",
+                name,
+                len(empty),
+                len(dataset),
+            )
+            keep = sorted(set(range(len(dataset))) - set(empty))
+            dataset = dataset.select(keep)
+    return dataset

@@ -1,0 +1,310 @@
+r"""Per-token divergences between a teacher and a student next-token distribution.
+
+Notation: at one token position the student's distribution is ``p_S = softmax(z_S / τ)`` and the teacher's is
+``p_T = softmax(z_T / τ)`` over the same vocabulary of size V (τ is the temperature). All values are in nats.
+
+* Forward KL  (``"fkl"``):  ``KL(p_T ‖ p_S) = Σ_v p_T(v) · (log p_T(v) − log p_S(v))``   (mode covering)
+* Reverse KL  (``"rkl"``):  ``KL(p_S ‖ p_T) = Σ_v p_S(v) · (log p_S(v) − log p_T(v))``   (mode seeking)
+* Generalized JSD(β) (``"jsd"``), following TRL's convention exactly::
+
+      M = β · p_T + (1 − β) · p_S
+      JSD_β = β · KL(p_T ‖ M) + (1 − β) · KL(p_S ‖ M)
+
+  with the endpoints defined as the limits TRL uses: β = 0 is the forward KL, β = 1 the reverse KL. β = 0.5 is the
+  symmetric JSD bounded by log 2. (Liger-Kernel mixes ``M = β · p_S + (1 − β) · p_T``: its β is our 1 − β.)
+* Total variation (``"tvd"``): ``TV = ½ Σ_v |p_T(v) − p_S(v)|``, in [0, 1].
+
+Two entry points share the four pure functions below:
+
+* :func:`per_token_divergence` takes logits of shape ``(..., V)`` and returns ``(...)``.
+* :func:`chunked_per_token_divergence` takes hidden states ``(N, H)`` and both ``lm_head`` weights and never builds
+  the ``(N, V)`` logits: it projects ``chunk_size`` rows at a time, and its backward pass recomputes one chunk at a
+  time (rows whose upstream gradient is zero, e.g. tokens a hook dropped, are skipped).
+
+Numerics: logits are upcast to float32 before the softmax, so bfloat16 inputs are safe; log-probabilities are
+clamped to the most negative finite float so that ``-inf`` logits (a masked vocabulary) give exact zeros instead of
+``0 · inf = nan`` in values and gradients.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+
+DIVERGENCES = ("fkl", "rkl", "jsd", "tvd")
+
+# Elements of one (chunk_rows, V) float32 tile: 2**24 floats = 64 MiB. At V = 152k this is ~110 rows per chunk.
+DEFAULT_TILE_ELEMENTS = 2**24
+
+
+def check_divergence(divergence: str, beta: float = 0.5) -> None:
+    """Raise a ``ValueError`` naming the allowed values when ``divergence`` or ``beta`` is invalid."""
+    if divergence not in DIVERGENCES:
+        raise ValueError(f"Unknown divergence {divergence!r}; choose one of {', '.join(map(repr, DIVERGENCES))}.")
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"beta must be in [0, 1] (0 = forward KL, 1 = reverse KL, 0.5 = JSD); got {beta}.")
+
+
+def _safe_log_softmax(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """float32 ``log_softmax(logits / τ)`` with ``-inf`` replaced by the most negative finite float."""
+    log_p = F.log_softmax(logits.float() / temperature, dim=-1)
+    return log_p.clamp(min=torch.finfo(log_p.dtype).min)
+
+
+def forward_kl(student_log_probs: torch.Tensor, teacher_log_probs: torch.Tensor) -> torch.Tensor:
+    """``KL(p_T ‖ p_S) = Σ p_T (log p_T − log p_S)`` over the last dimension."""
+    return (teacher_log_probs.exp() * (teacher_log_probs - student_log_probs)).sum(-1)
+
+
+def reverse_kl(student_log_probs: torch.Tensor, teacher_log_probs: torch.Tensor) -> torch.Tensor:
+    """``KL(p_S ‖ p_T) = Σ p_S (log p_S − log p_T)`` over the last dimension."""
+    return (student_log_probs.exp() * (student_log_probs - teacher_log_probs)).sum(-1)
+
+
+def generalized_jsd(student_log_probs: torch.Tensor, teacher_log_probs: torch.Tensor, beta: float) -> torch.Tensor:
+    """``β KL(p_T ‖ M) + (1 − β) KL(p_S ‖ M)`` with ``M = β p_T + (1 − β) p_S``; β = 0 / 1 give forward / reverse KL."""
+    if beta == 0.0:
+        return forward_kl(student_log_probs, teacher_log_probs)
+    if beta == 1.0:
+        return reverse_kl(student_log_probs, teacher_log_probs)
+    log_m = torch.logaddexp(teacher_log_probs + math.log(beta), student_log_probs + math.log1p(-beta))
+    kl_teacher = (teacher_log_probs.exp() * (teacher_log_probs - log_m)).sum(-1)
+    kl_student = (student_log_probs.exp() * (student_log_probs - log_m)).sum(-1)
+    return beta * kl_teacher + (1.0 - beta) * kl_student
+
+
+def total_variation(student_log_probs: torch.Tensor, teacher_log_probs: torch.Tensor) -> torch.Tensor:
+    """``½ Σ |p_T − p_S|`` over the last dimension."""
+    return 0.5 * (teacher_log_probs.exp() - student_log_probs.exp()).abs().sum(-1)
+
+
+def divergence_from_log_probs(
+    student_log_probs: torch.Tensor, teacher_log_probs: torch.Tensor, divergence: str = "jsd", beta: float = 0.5
+) -> torch.Tensor:
+    """Dispatch to one of the four pure per-token functions (inputs are log-probabilities over the last dim)."""
+    if divergence == "fkl":
+        return forward_kl(student_log_probs, teacher_log_probs)
+    if divergence == "rkl":
+        return reverse_kl(student_log_probs, teacher_log_probs)
+    if divergence == "jsd":
+        return generalized_jsd(student_log_probs, teacher_log_probs, beta)
+    if divergence == "tvd":
+        return total_variation(student_log_probs, teacher_log_probs)
+    check_divergence(divergence, beta)  # raises with the list of allowed names
+    raise AssertionError("unreachable")
+
+
+def per_token_divergence(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    divergence: str = "jsd",
+    beta: float = 0.5,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """Divergence between ``softmax(teacher_logits / τ)`` and ``softmax(student_logits / τ)`` at every position.
+
+    Args:
+        student_logits: ``(..., V)`` logits of the student (any float dtype; computed in float32).
+        teacher_logits: ``(..., V)`` logits of the teacher, same shape.
+        divergence: ``"fkl"``, ``"rkl"``, ``"jsd"`` or ``"tvd"`` (see the module docstring for the formulas).
+        beta: JSD interpolation in [0, 1], TRL's convention (only used by ``"jsd"``).
+        temperature: softmax temperature τ > 0 applied to both models.
+
+    Returns:
+        float32 tensor of shape ``student_logits.shape[:-1]``, in nats (TVD is unitless, in [0, 1]).
+    """
+    check_divergence(divergence, beta)
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}.")
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"Student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} differ in "
+            "shape; the vocabularies must match (slice both to the shared tokenizer's size)."
+        )
+    return divergence_from_log_probs(
+        _safe_log_softmax(student_logits, temperature),
+        _safe_log_softmax(teacher_logits, temperature),
+        divergence,
+        beta,
+    )
+
+
+def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Shannon entropy ``H(p) = −Σ p log p`` of ``softmax(logits / τ)`` over the last dimension, in nats."""
+    log_p = _safe_log_softmax(logits, temperature)
+    return -(log_p.exp() * log_p).sum(-1)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Chunked path: hidden states + lm_head weights, (N, V) logits never materialized.
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def make_logit_transform(logit_scale: float = 1.0, softcap: float | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``z ↦ softcap · tanh(scale · z / softcap)`` (or ``scale · z`` without softcap): Gemma/Cohere-style heads."""
+
+    def transform(z: torch.Tensor) -> torch.Tensor:
+        if logit_scale != 1.0:
+            z = z * logit_scale
+        if softcap is not None:
+            z = softcap * torch.tanh(z / softcap)
+        return z
+
+    return transform
+
+
+class _ChunkedDivergence(torch.autograd.Function):
+    """Per-token divergence from hidden states, computed ``chunk`` rows at a time; backward recomputes per chunk."""
+
+    @staticmethod
+    def forward(ctx, h_s, w_s, b_s, h_t, w_t, b_t, spec):
+        n = h_s.shape[0]
+        out = torch.empty(n, device=h_s.device, dtype=torch.float32)
+        entropy = torch.empty(n, device=h_s.device, dtype=torch.float32)
+        for start in range(0, n, spec.chunk):
+            rows = slice(start, min(start + spec.chunk, n))
+            log_p_s, log_p_t = spec.log_probs(h_s[rows], w_s, b_s, h_t[rows], w_t, b_t)
+            out[rows] = divergence_from_log_probs(log_p_s, log_p_t, spec.divergence, spec.beta)
+            entropy[rows] = -(log_p_s.exp() * log_p_s).sum(-1)
+        ctx.save_for_backward(h_s, w_s, b_s, h_t, w_t, b_t)
+        ctx.spec = spec
+        ctx.mark_non_differentiable(entropy)
+        return out, entropy
+
+    @staticmethod
+    def backward(ctx, grad_out, _grad_entropy):
+        h_s, w_s, b_s, h_t, w_t, b_t = ctx.saved_tensors
+        spec = ctx.spec
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_h = torch.zeros_like(h_s, dtype=torch.float32) if need_h else None
+        grad_w = torch.zeros_like(w_s, dtype=torch.float32) if need_w else None
+        grad_b = torch.zeros_like(b_s, dtype=torch.float32) if need_b else None
+        if grad_out is None or not (need_h or need_w or need_b):
+            return None, None, None, None, None, None, None
+        # Only rows with a non-zero upstream gradient are recomputed (hard token selection saves the backward there).
+        active = grad_out.nonzero().squeeze(-1)
+        w_leaf = w_s.detach().requires_grad_(need_w)
+        b_leaf = b_s.detach().requires_grad_(need_b) if b_s is not None else None
+        for start in range(0, active.numel(), spec.chunk):
+            idx = active[start : start + spec.chunk]
+            h_leaf = h_s[idx].detach().requires_grad_(need_h)
+            with torch.enable_grad():
+                log_p_s, log_p_t = spec.log_probs(h_leaf, w_leaf, b_leaf, h_t[idx], w_t, b_t)
+                values = divergence_from_log_probs(log_p_s, log_p_t, spec.divergence, spec.beta)
+                wanted = [t for t, need in ((h_leaf, need_h), (w_leaf, need_w), (b_leaf, need_b)) if need]
+                grads = iter(torch.autograd.grad(values, wanted, grad_out[idx].float()))
+            if need_h:
+                grad_h.index_add_(0, idx, next(grads).float())
+            if need_w:
+                grad_w += next(grads).float()
+            if need_b:
+                grad_b += next(grads).float()
+        cast = lambda g, ref: None if g is None else g.to(ref.dtype)  # noqa: E731
+        return cast(grad_h, h_s), cast(grad_w, w_s), cast(grad_b, b_s), None, None, None, None
+
+
+class _ChunkSpec:
+    """What the chunked autograd function needs besides tensors: divergence, temperature, head transforms, sizes."""
+
+    def __init__(self, divergence, beta, temperature, chunk, vocab_size, student_transform, teacher_transform):
+        self.divergence, self.beta, self.temperature, self.chunk = divergence, beta, temperature, chunk
+        self.vocab_size = vocab_size
+        self.student_transform, self.teacher_transform = student_transform, teacher_transform
+
+    def _logits(self, h, w, b, transform):
+        w = w[: self.vocab_size]
+        z = h.to(w.dtype) @ w.t()
+        if b is not None:
+            z = z + b[: self.vocab_size]
+        return transform(z.float())
+
+    def log_probs(self, h_s, w_s, b_s, h_t, w_t, b_t):
+        z_s = self._logits(h_s, w_s, b_s, self.student_transform)
+        with torch.no_grad():
+            z_t = self._logits(h_t, w_t, b_t, self.teacher_transform)
+        return _safe_log_softmax(z_s, self.temperature), _safe_log_softmax(z_t, self.temperature)
+
+
+def chunked_per_token_divergence(
+    student_hidden: torch.Tensor,
+    teacher_hidden: torch.Tensor,
+    student_weight: torch.Tensor,
+    teacher_weight: torch.Tensor,
+    divergence: str = "jsd",
+    beta: float = 0.5,
+    temperature: float = 1.0,
+    *,
+    student_bias: torch.Tensor | None = None,
+    teacher_bias: torch.Tensor | None = None,
+    student_logit_scale: float = 1.0,
+    teacher_logit_scale: float = 1.0,
+    student_softcap: float | None = None,
+    teacher_softcap: float | None = None,
+    token_weights: torch.Tensor | None = None,
+    vocab_size: int | None = None,
+    chunk_size: int | None = None,
+    return_entropy: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Per-token divergence from hidden states and ``lm_head`` weights without materializing ``(N, V)`` logits.
+
+    Equal in value and gradient (to float32 rounding) to
+    ``per_token_divergence(student_hidden @ student_weight.T, teacher_hidden @ teacher_weight.T, ...)``.
+    The gradient flows to the student's hidden states, weight and bias only; the teacher is treated as a constant.
+
+    Args:
+        student_hidden: ``(N, H_s)`` student hidden states (the input of its ``lm_head``).
+        teacher_hidden: ``(N, H_t)`` teacher hidden states at the same positions (H_t may differ from H_s).
+        student_weight: ``(V_s, H_s)`` student ``lm_head`` weight.
+        teacher_weight: ``(V_t, H_t)`` teacher ``lm_head`` weight.
+        divergence, beta, temperature: as in :func:`per_token_divergence`.
+        student_bias, teacher_bias: optional ``lm_head`` biases.
+        student_logit_scale, teacher_logit_scale, student_softcap, teacher_softcap: head post-processing
+            ``softcap · tanh(scale · z / softcap)`` applied before the temperature (Gemma / Cohere heads).
+        token_weights: optional ``(N,)`` weights; the result is ``token_weights · D``. Rows of weight 0 are skipped in
+            the backward pass.
+        vocab_size: compare only the first ``vocab_size`` entries of both heads (for heads padded past the tokenizer,
+            e.g. Qwen2.5-7B's 152064 rows against 151936). Defaults to the common size, which must then be equal.
+        chunk_size: rows per chunk; defaults to ``2**24 // V`` (a 64 MiB float32 tile).
+        return_entropy: also return the student's per-token entropy (no gradient).
+
+    Returns:
+        ``(N,)`` float32 divergences (weighted when ``token_weights`` is given), and the ``(N,)`` entropies when asked.
+    """
+    check_divergence(divergence, beta)
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}.")
+    if student_hidden.shape[0] != teacher_hidden.shape[0]:
+        raise ValueError(
+            f"Student and teacher hidden states have {student_hidden.shape[0]} and {teacher_hidden.shape[0]} rows; "
+            "they must be the same token positions."
+        )
+    if vocab_size is None:
+        if student_weight.shape[0] != teacher_weight.shape[0]:
+            raise ValueError(
+                f"The student head has {student_weight.shape[0]} rows and the teacher head {teacher_weight.shape[0]}. "
+                "Pass vocab_size=len(tokenizer) to compare the shared vocabulary."
+            )
+        vocab_size = student_weight.shape[0]
+    if vocab_size > min(student_weight.shape[0], teacher_weight.shape[0]):
+        raise ValueError(f"vocab_size={vocab_size} exceeds a head's size ({student_weight.shape[0]}, {teacher_weight.shape[0]}).")
+    chunk = chunk_size or max(1, DEFAULT_TILE_ELEMENTS // vocab_size)
+    spec = _ChunkSpec(
+        divergence,
+        beta,
+        temperature,
+        chunk,
+        vocab_size,
+        make_logit_transform(student_logit_scale, student_softcap),
+        make_logit_transform(teacher_logit_scale, teacher_softcap),
+    )
+    values, entropy = _ChunkedDivergence.apply(
+        student_hidden, student_weight, student_bias, teacher_hidden.detach(), teacher_weight.detach(),
+        None if teacher_bias is None else teacher_bias.detach(), spec,
+    )
+    if token_weights is not None:
+        values = values * token_weights.to(values.dtype)
+    return (values, entropy) if return_entropy else values

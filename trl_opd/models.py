@@ -1,0 +1,104 @@
+"""Loading and checking the student and teacher: local paths, shared vocabulary, the bitsandbytes CPU workaround."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+logger = logging.getLogger(__name__)
+
+
+def load_teacher(teacher_model: str | PreTrainedModel, init_kwargs: dict | None, args) -> PreTrainedModel:
+    """Instantiate the teacher from a local path (or return it as is), like TRL's ``DistillationTrainer`` does.
+
+    ``init_kwargs`` go to ``from_pretrained`` (``dtype`` may be a string such as ``"bfloat16"``; default float32).
+    """
+    from trl.trainer.utils import create_model_from_path
+
+    if not isinstance(teacher_model, str):
+        if init_kwargs:
+            raise ValueError(
+                "You passed teacher_model_init_kwargs in the config, but the teacher model is already instantiated; "
+                "pass the teacher as a path to have them applied."
+            )
+        return teacher_model
+    kwargs = dict(init_kwargs or {})
+    if args.teacher_model_revision is not None:
+        kwargs.setdefault("revision", args.teacher_model_revision)
+    if args.distributed_state.distributed_type in ["MULTI_GPU", "DEEPSPEED"]:
+        kwargs["device_map"] = None  # distributed training requires device_map=None
+    kwargs.setdefault("trust_remote_code", args.trust_remote_code)
+    return create_model_from_path(teacher_model, **kwargs)
+
+
+def head_rows(model: PreTrainedModel) -> int:
+    """Number of rows of the model's output embedding (its logit vocabulary)."""
+    return model.get_output_embeddings().weight.shape[0]
+
+
+def shared_vocab_size(student: PreTrainedModel, teacher: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> int:
+    """The vocabulary both heads are compared on.
+
+    Heads are often padded past the tokenizer (Qwen2.5: 151936 rows for 0.5B-3B, 152064 for 7B+, 151665 tokens), so
+    equal ``config.vocab_size`` is too strict. The logits are compared on the first ``min(V_student, V_teacher)``
+    rows, which must cover every token of the shared tokenizer.
+
+    Raises:
+        ValueError: when the tokenizer has more tokens than a head has rows: the models do not share a tokenizer.
+    """
+    v_student, v_teacher = head_rows(student), head_rows(teacher)
+    shared = min(v_student, v_teacher)
+    n_tokens = len(tokenizer)
+    if n_tokens > shared:
+        raise ValueError(
+            f"Vocabulary mismatch: the tokenizer has {n_tokens} tokens but the student head has {v_student} rows and "
+            f"the teacher head {v_teacher}. Distillation compares full next-token distributions, so both models must "
+            "use the same tokenizer: pick a teacher from the student's model family (or a cross-tokenizer method)."
+        )
+    if v_student != v_teacher:
+        logger.info(
+            "Student head has %d rows and teacher head %d; comparing the first %d (the tokenizer has %d tokens).",
+            v_student,
+            v_teacher,
+            shared,
+            n_tokens,
+        )
+    return shared
+
+
+def disable_bnb_cpu_weight_repacking(model: torch.nn.Module) -> int:
+    """Keep bitsandbytes 4-bit layers trainable on CPUs with AVX512-BF16; returns the number of layers changed.
+
+    On such CPUs ``bnb.nn.Linear4bit.forward`` repacks its weight for inference the first time it runs in eval mode
+    without grad (as during generation). A later training forward then fails, or LoRA gradients silently become zero.
+    Turning the repacking off keeps the training path intact; GPUs are unaffected.
+    """
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        return 0
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit) and getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+            changed += 1
+    return changed
+
+
+def head_transform(config) -> tuple[float, float | None]:
+    """``(logit_scale, final_logit_softcapping)`` a model applies after its ``lm_head`` (1.0 / None for most).
+
+    Mirrors TRL's ``DistillationTrainer``: Cohere ``logit_scale``, Muse ``output_multiplier``, Falcon-H1
+    ``lm_head_multiplier``, Granite/MiniCPM3 ``1 / logits_scaling`` (HyperCLOVA X multiplies), Gemma softcapping.
+    """
+    config = config.get_text_config()
+    scale = getattr(config, "logit_scale", None)
+    for name in ("output_multiplier", "lm_head_multiplier"):
+        if scale is None:
+            scale = getattr(config, name, None)
+    if scale is None and getattr(config, "logits_scaling", None) is not None:
+        scale = config.logits_scaling if config.model_type == "hyperclovax" else 1 / config.logits_scaling
+    return (1.0 if scale is None else float(scale)), getattr(config, "final_logit_softcapping", None)

@@ -1,0 +1,375 @@
+"""Generalized knowledge distillation (GKD) with per-sample λ-mixing, on top of ``trl.DistillationTrainer``."""
+
+from __future__ import annotations
+
+import logging
+import textwrap
+from typing import Any
+
+import torch
+from datasets import Dataset, IterableDataset
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
+from trl import DistillationTrainer
+from trl.data_utils import is_conversational
+from trl.models import prepare_deepspeed
+from trl.models.utils import unwrap_model_for_generation
+from trl.trainer.utils import pad
+
+from ..data import prepare_prompt_completion_dataset
+from ..divergences import chunked_per_token_divergence
+from ..models import disable_bnb_cpu_weight_repacking, head_transform, load_teacher, shared_vocab_size
+from .gkd_config import GKDConfig
+
+
+logger = logging.getLogger(__name__)
+
+
+def on_policy_mask(n_local: int, lmbda: float, seed: int, step: int, process_index: int, num_processes: int) -> list[bool]:
+    """Per-row coin flips, True = on-policy with probability ``lmbda``.
+
+    The flips depend only on ``(seed, step)``: every process draws the whole global batch of ``n_local ·
+    num_processes`` flips and keeps its own slice, so the assignment is identical across processes and reruns.
+    """
+    if lmbda >= 1.0:
+        return [True] * n_local
+    if lmbda <= 0.0:
+        return [False] * n_local
+    generator = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(step))
+    draws = torch.rand(n_local * num_processes, generator=generator)
+    mine = draws[process_index * n_local : (process_index + 1) * n_local]
+    return (mine < lmbda).tolist()
+
+
+class GKDTrainer(DistillationTrainer):
+    """
+    Generalized knowledge distillation (Agarwal et al., 2024) with per-sample λ-mixing and a λ schedule.
+
+    Each row of the generation batch is on-policy with probability λ: the student samples its completion and the
+    teacher scores the student's own prefix. The other rows are off-policy: they use the dataset's completion (or the
+    teacher's sample with `seq_kd=True`). Only on-policy rows are generated. The loss is the chosen per-token divergence
+    (FKL, RKL, generalized JSD(β) or TVD, see [`trl_opd.divergences`]) summed over every completion token of the
+    generation batch and divided by the number of those tokens across gradient accumulation and processes, whatever
+    mix of on- and off-policy rows the batch holds.
+
+    A drop-in replacement for `trl.DistillationTrainer` (with `lmbda=1.0` it is pure on-policy) and for TRL's
+    experimental `GKDTrainer` (datasets with `messages` are accepted).
+
+    Example:
+
+    ```python
+    >>> from datasets import Dataset
+    >>> from trl_opd import GKDConfig, GKDTrainer
+
+    >>> dataset = Dataset.from_list([{"prompt": "2 + 2 =", "completion": " 4"}] * 16)
+    >>> trainer = GKDTrainer(
+    ...     model="path/to/student",
+    ...     teacher_model="path/to/teacher",
+    ...     args=GKDConfig(output_dir="out", lmbda=0.5, lmbda_schedule="three_phase", divergence="jsd", beta=0.5),
+    ...     train_dataset=dataset,
+    ... )
+    >>> trainer.train()
+    ```
+
+    Args:
+        model: the student: a local path, a `PreTrainedModel` or a `PeftModel` (see `trl.DistillationTrainer`).
+        teacher_model: the teacher: a local path or a `PreTrainedModel` sharing the student's tokenizer. Heads padded
+            to different sizes (Qwen2.5-7B -> 1.5B) are compared on the shared vocabulary.
+        args: a [`GKDConfig`].
+        train_dataset: `prompt` + `completion` (text or messages) or `messages`; `prompt` alone when λ ≡ 1 or
+            `seq_kd=True`. Rows with an empty completion are dropped with a logged count.
+        eval_dataset: same layout; evaluation uses `eval_lmbda` (default 1.0: the student's own samples).
+        processing_class: the tokenizer (left padding is used for generation).
+        callbacks, optimizers: as in `transformers.Trainer`.
+        quantization_config: a `BitsAndBytesConfig` used when `model` is a path; with `peft_config` this is QLoRA.
+        peft_config: a `peft.LoraConfig` (or other weight adapter) to train adapters only.
+    """
+
+    _tag_names = ["trl", "trl-opd", "gkd", "distillation"]
+    _name = "GKD"
+    _paper = {
+        "title": "On-Policy Distillation of Language Models: Learning from Self-Generated Mistakes",
+        "id": "2306.13649",
+        "citation": textwrap.dedent("""\
+            @inproceedings{agarwal2024on-policy,
+                title     = {{On-Policy Distillation of Language Models: Learning from Self-Generated Mistakes}},
+                author    = {Rishabh Agarwal and Nino Vieillard and Yongchao Zhou and Piotr Stanczyk and Sabela Ramos Garea and Matthieu Geist and Olivier Bachem},
+                year      = 2024,
+                booktitle = {The Twelfth International Conference on Learning Representations, {ICLR} 2024},
+            }"""),
+    }
+
+    def __init__(
+        self,
+        model: str | PreTrainedModel,
+        teacher_model: str | PreTrainedModel | None = None,
+        args: GKDConfig | None = None,
+        train_dataset: Dataset | IterableDataset | None = None,
+        eval_dataset: Dataset | dict[str, Dataset] | None = None,
+        processing_class: PreTrainedTokenizerBase | None = None,
+        callbacks: list[TrainerCallback] | None = None,
+        optimizers: tuple = (None, None),
+        quantization_config=None,
+        peft_config=None,
+    ):
+        if args is None:
+            args = GKDConfig("gkd-output")
+        if not isinstance(args, GKDConfig):
+            raise TypeError(f"args must be a trl_opd.GKDConfig, got {type(args).__name__}.")
+        if teacher_model is None:
+            teacher_model = args.teacher_model_name_or_path
+        if teacher_model is None:
+            raise ValueError("GKDTrainer needs a teacher: pass teacher_model= or set teacher_model_name_or_path.")
+        if processing_class is not None and getattr(processing_class, "padding_side", "left") != "left":
+            raise ValueError(
+                f"The tokenizer pads on the {processing_class.padding_side!r}; generation needs left padding. Load it "
+                "with AutoTokenizer.from_pretrained(path, padding_side='left') or set tokenizer.padding_side = 'left'."
+            )
+        needs_completion = args.needs_dataset_completions
+        train_dataset = prepare_prompt_completion_dataset(train_dataset, "train_dataset", needs_completion)
+        if isinstance(eval_dataset, dict):
+            eval_dataset = {
+                key: prepare_prompt_completion_dataset(ds, f"eval_dataset[{key!r}]", args.eval_lmbda < 1.0)
+                for key, ds in eval_dataset.items()
+            }
+        else:
+            eval_dataset = prepare_prompt_completion_dataset(eval_dataset, "eval_dataset", args.eval_lmbda < 1.0)
+
+        # The teacher is prepared here rather than by the parent, whose check of equal `config.vocab_size` refuses
+        # heads padded to different sizes that share a tokenizer (see `shared_vocab_size`).
+        teacher = load_teacher(teacher_model, args.teacher_model_init_kwargs, args)
+        teacher_init_kwargs, args.teacher_model_init_kwargs = args.teacher_model_init_kwargs, None
+        try:
+            super().__init__(
+                model=model,
+                teacher_model=None,
+                args=args,
+                train_dataset=train_dataset,
+                eval_dataset=eval_dataset,
+                processing_class=processing_class,
+                callbacks=callbacks,
+                optimizers=optimizers,
+                quantization_config=quantization_config,
+                peft_config=peft_config,
+            )
+        finally:
+            args.teacher_model_init_kwargs = teacher_init_kwargs
+        if self._is_vlm:
+            raise ValueError("trl_opd.GKDTrainer supports text models only; use trl.DistillationTrainer for VLMs.")
+        self.vocab_size = shared_vocab_size(self.model, teacher, self._tokenizer)
+        if self.is_deepspeed_enabled:
+            self.teacher_model = prepare_deepspeed(teacher, self.accelerator)
+        else:
+            self.teacher_model = self.accelerator.prepare_model(teacher, evaluation_mode=True)
+        disable_bnb_cpu_weight_repacking(self.model)
+
+        self.lmbda_schedule = args.lambda_schedule()
+        self.divergence = args.divergence
+        self.seq_kd = args.seq_kd
+        self._student_head = head_transform(self.accelerator.unwrap_model(self.model).config)
+        self._teacher_head = head_transform(teacher.config)
+        self._pending_rows: tuple[list[dict], list[bool]] | None = None
+
+    # ------------------------------------------------------------------------------------------------------------------
+    # Sampling mixture
+    # ------------------------------------------------------------------------------------------------------------------
+
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        if "completion" not in self._signature_columns:
+            self._signature_columns = [*self._signature_columns, "completion"]
+
+    def current_lmbda(self) -> float:
+        """λ for the generation batch about to be drawn (training: the schedule at the current step)."""
+        if not self.model.training:
+            return self.args.eval_lmbda
+        return self.lmbda_schedule.at_step(self.state.global_step, self.state.max_steps)
+
+    def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        mode = "train" if self.model.training else "eval"
+        lmbda = self.current_lmbda()
+        on_policy = on_policy_mask(
+            len(inputs),
+            lmbda,
+            self.args.mixing_seed,
+            self.state.global_step if mode == "train" else -1 - self.state.global_step,
+            self.accelerator.process_index,
+            self.accelerator.num_processes,
+        )
+        on_policy = self._fallback_empty_completions(inputs, on_policy, mode)
+        self._pending_rows = (inputs, on_policy)
+        try:
+            output = super()._generate_and_score_completions(inputs)
+        finally:
+            self._pending_rows = None
+
+        n_tokens = output["num_items_in_batch"]
+        if int(n_tokens) == 0:
+            raise RuntimeError(
+                "This generation batch has no completion token to train on (every completion is empty). Check "
+                "max_completion_length and the dataset's completions."
+            )
+        device = self.accelerator.device
+        flags = self.accelerator.gather(torch.tensor(on_policy, dtype=torch.float32, device=device))
+        self._metrics[mode]["lmbda"].append(lmbda)
+        self._metrics[mode]["on_policy_fraction"].append(flags.mean().item())
+        self._metrics[mode]["num_tokens_trained"].append(float(n_tokens))
+        return output
+
+    def _fallback_empty_completions(self, inputs: list[dict], on_policy: list[bool], mode: str) -> list[bool]:
+        """Off-policy rows whose dataset completion is empty (possible in streamed datasets) are sampled instead."""
+        if self.seq_kd:
+            return on_policy
+        empty = [
+            i for i, (row, flag) in enumerate(zip(inputs, on_policy, strict=True))
+            if not flag and not row.get("completion")
+        ]
+        if "completion" not in inputs[0] and not all(on_policy):
+            raise ValueError(
+                "Off-policy rows need a `completion` column (λ < 1); the dataset only has "
+                f"{sorted(inputs[0])}. Use lmbda=1.0, seq_kd=True, or add completions."
+            )
+        if empty:
+            logger.warning("%d off-policy rows have an empty completion; sampling them from the student.", len(empty))
+            on_policy = [flag or i in empty for i, flag in enumerate(on_policy)]
+        self._metrics[mode]["empty_completions_resampled"].append(float(len(empty)))
+        return on_policy
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, has_tool_images=False):
+        # The parent tokenized the prompts of `self._pending_rows`; fill in each row's completion by its source.
+        if self._pending_rows is None:  # called outside `_generate_and_score_completions`: plain on-policy
+            return super()._generate_single_turn(prompt_ids, images, multimodal_fields, has_tool_images)
+        rows, on_policy = self._pending_rows
+        completions: list[list[int] | None] = [None] * len(rows)
+        sampled = [i for i, flag in enumerate(on_policy) if flag]
+        if sampled:
+            generated = super()._generate_single_turn([prompt_ids[i] for i in sampled], None, {}, False)
+            for i, ids in zip(sampled, generated, strict=True):
+                completions[i] = ids
+        off_policy = [i for i, flag in enumerate(on_policy) if not flag]
+        if off_policy and self.seq_kd:
+            generated = self._teacher_generate([prompt_ids[i] for i in off_policy])
+            for i, ids in zip(off_policy, generated, strict=True):
+                completions[i] = ids
+        elif off_policy:
+            for i in off_policy:
+                completions[i] = self._tokenize_completion(rows[i]["prompt"], rows[i]["completion"], prompt_ids[i])
+        return completions
+
+    def _tokenize_completion(self, prompt, completion, prompt_ids: list[int]) -> list[int]:
+        """Token ids of a dataset completion, as the model would have generated them after ``prompt_ids``.
+
+        Text: ``tokenizer(completion) + [eos]``. Messages: the chat template rendered over prompt + completion, minus
+        the rendered prompt (with its generation prompt), cut after the first end-of-sequence token.
+        """
+        tokenizer = self._tokenizer
+        if is_conversational({"prompt": prompt}):
+            if isinstance(completion, str):
+                completion = [{"role": "assistant", "content": completion}]
+            kwargs = {"tokenize": False, **self.chat_template_kwargs}
+            prompt_text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, **kwargs)
+            full_text = tokenizer.apply_chat_template(prompt + completion, **kwargs)
+            if not full_text.startswith(prompt_text):
+                raise ValueError(
+                    "The chat template renders the prompt differently inside the full conversation, so the "
+                    "completion can't be located. Pass text prompts/completions or a prefix-preserving template."
+                )
+            ids = tokenizer(full_text[len(prompt_text) :], add_special_tokens=False)["input_ids"]
+            ends = [j for j, token in enumerate(ids) if token in self.eos_token_ids]
+            if ends:
+                ids = ids[: ends[0] + 1]
+        else:
+            if not isinstance(completion, str):
+                raise ValueError("A text prompt needs a text completion; got a list of messages.")
+            ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        if self.max_completion_length is not None:
+            ids = ids[: self.max_completion_length]
+        return ids
+
+    @torch.no_grad()
+    def _teacher_generate(self, prompt_ids: list[list[int]]) -> list[list[int]]:
+        """Sample completions from the teacher (sequence-level KD), cut after the first end-of-sequence token."""
+        device = self.accelerator.device
+        tensors = [torch.tensor(ids) for ids in prompt_ids]
+        input_ids = pad(tensors, padding_value=self._tokenizer.pad_token_id, padding_side="left").to(device)
+        attention_mask = pad([torch.ones_like(t) for t in tensors], padding_value=0, padding_side="left").to(device)
+        with unwrap_model_for_generation(
+            self.teacher_model, self.accelerator, generation_kwargs=self.generation_kwargs
+        ) as teacher:
+            out = teacher.generate(
+                input_ids=input_ids, attention_mask=attention_mask, generation_config=self.generation_config
+            )
+        completions = []
+        for row in out[:, input_ids.size(1) :].tolist():
+            ends = [j for j, token in enumerate(row) if token in self.eos_token_ids]
+            completions.append(row[: ends[0] + 1] if ends else row)
+        return completions
+
+    # ------------------------------------------------------------------------------------------------------------------
+    # Loss
+    # ------------------------------------------------------------------------------------------------------------------
+
+    def token_weights(self, inputs: dict[str, Any], loss_mask: torch.Tensor) -> torch.Tensor | None:
+        """Per-token weights over the valid completion tokens (``None``: all 1). Hooks override this."""
+        return None
+
+    def _compute_loss(self, unwrapped_student, inputs, num_items_in_batch):
+        """Σ_tokens w_t · D(p_T ‖ p_S)_t / num_items_in_batch over the completion tokens, with the chunked divergence.
+
+        ``num_items_in_batch`` is the number of completion tokens of the whole generation batch (all processes and
+        accumulation steps, set by the parent), so the loss is correct under gradient accumulation.
+        """
+        input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
+        attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+        loss_mask = inputs["completion_mask"].bool()
+        logits_to_keep = inputs["completion_ids"].size(1)
+
+        student_hidden = self._get_last_hidden_state(unwrapped_student, input_ids, attention_mask, logits_to_keep)
+        self.teacher_model.eval()
+        unwrapped_teacher = self.accelerator.unwrap_model(self.teacher_model)
+        with torch.no_grad():
+            teacher_hidden = self._forward_redirection(
+                self.teacher_model,
+                unwrapped_teacher,
+                self._get_last_hidden_state,
+                unwrapped_teacher,
+                input_ids,
+                attention_mask,
+                logits_to_keep,
+            )
+        student_head = unwrapped_student.get_output_embeddings()
+        teacher_head = unwrapped_teacher.get_output_embeddings()
+        device = student_head.weight.device
+        loss_mask = loss_mask.to(device)
+        h_s = student_hidden.to(device)[loss_mask]
+        h_t = teacher_hidden.to(device)[loss_mask]
+        weights = self.token_weights(inputs, loss_mask)
+        values, entropy = chunked_per_token_divergence(
+            h_s,
+            h_t,
+            student_head.weight,
+            teacher_head.weight,
+            self.divergence,
+            self.beta,
+            self.temperature,
+            student_bias=student_head.bias,
+            teacher_bias=teacher_head.bias,
+            student_logit_scale=self._student_head[0],
+            student_softcap=self._student_head[1],
+            teacher_logit_scale=self._teacher_head[0],
+            teacher_softcap=self._teacher_head[1],
+            token_weights=weights,
+            vocab_size=self.vocab_size,
+            return_entropy=True,
+        )
+        if not torch.isfinite(values).all():
+            raise FloatingPointError(
+                "The divergence is not finite: the student or teacher produced NaN/inf logits (check the learning "
+                "rate, fp16 overflow, or a teacher that gives zero probability to the student's tokens under 'fkl')."
+            )
+        n_valid = loss_mask.sum()
+        loss = values.sum()
+        if num_items_in_batch is None:
+            loss = loss / n_valid.clamp(min=1)
+        else:
+            loss = loss / (num_items_in_batch.to(device) if torch.is_tensor(num_items_in_batch) else num_items_in_batch)
+        return loss, entropy.sum().detach(), n_valid
