@@ -1,0 +1,122 @@
+"""Divergence loss, forward + backward: time and peak memory, ours against TRL's, on the same inputs in one run.
+
+    OMP_NUM_THREADS=1 python bench/divergence_loss.py                      # V in {32k, 49k, 152k}, N = B*T in {512, 2048}
+    OMP_NUM_THREADS=1 python bench/divergence_loss.py --vocab 152064 --tokens 2048 --repeats 5
+
+Each measurement runs in a fresh subprocess. Memory is the peak resident set size of that process minus its
+resident size once the inputs (hidden states and lm_head weights) exist: what the loss itself adds. Time is the
+median of --repeats forward+backward passes after one warm-up. Implementations (all generalized JSD, beta=0.5):
+
+* ``ours dense``     trl_opd.divergences.per_token_divergence on full (N, V) logits
+* ``ours chunked``   trl_opd.divergences.chunked_per_token_divergence on hidden states
+* ``TRL GKD``        trl.experimental.gkd.GKDTrainer.generalized_jsd_loss on full logits
+* ``TRL chunked``    trl.kernels.chunked_divergence.ChunkedDivergenceFunction (plain-torch CPU path)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+IMPLEMENTATIONS = ("ours dense", "ours chunked", "TRL GKD", "TRL chunked")
+
+
+def rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def measure(impl: str, vocab: int, tokens: int, hidden: int, repeats: int) -> dict:
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    from trl_opd.divergences import chunked_per_token_divergence, per_token_divergence
+
+    torch.manual_seed(0)
+    h_s = (torch.randn(tokens, hidden) / hidden**0.5).requires_grad_()
+    h_t = torch.randn(tokens, hidden) / hidden**0.5
+    w_s = torch.randn(vocab, hidden) * 2
+    w_t = torch.randn(vocab, hidden) * 2
+
+    if impl == "ours dense":
+        def step():
+            return per_token_divergence(h_s @ w_s.T, h_t @ w_t.T, "jsd", 0.5).mean()
+    elif impl == "ours chunked":
+        def step():
+            return chunked_per_token_divergence(h_s, h_t, w_s, w_t, "jsd", 0.5).mean()
+    elif impl == "TRL GKD":
+        from trl.experimental.gkd import GKDTrainer
+
+        def step():
+            return GKDTrainer.generalized_jsd_loss((h_s @ w_s.T)[None], (h_t @ w_t.T)[None], beta=0.5)
+    elif impl == "TRL chunked":
+        from trl.kernels.chunked_divergence import ChunkedDivergenceFunction
+
+        def step():
+            return ChunkedDivergenceFunction.apply(h_s, w_s, None, h_t, w_t, None, 0.5, 1.0)[0].mean()
+    else:
+        raise ValueError(impl)
+
+    base = rss_mib()
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    times, value = [], None
+    for i in range(repeats + 1):
+        h_s.grad = None
+        start = time.perf_counter()
+        loss = step()
+        loss.backward()
+        if i:
+            times.append(time.perf_counter() - start)
+        value = loss.item()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"impl": impl, "vocab": vocab, "tokens": tokens, "seconds": statistics.median(times),
+            "extra_mib": max(peak, peak_before) - base, "value": value}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--vocab", type=int, nargs="+", default=[32000, 49152, 152064])
+    parser.add_argument("--tokens", type=int, nargs="+", default=[512, 2048])
+    parser.add_argument("--hidden", type=int, default=896)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--impl", nargs="+", default=list(IMPLEMENTATIONS))
+    parser.add_argument("--_child", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args._child:
+        impl, shape = args._child
+        vocab, tokens = map(int, shape.split("x"))
+        print(json.dumps(measure(impl, vocab, tokens, args.hidden, args.repeats)))
+        return
+
+    print("command:", "OMP_NUM_THREADS=%s python" % os.environ.get("OMP_NUM_THREADS", "?"), " ".join(sys.argv))
+    header = f"| {'V':>7} | {'N':>5} | {'implementation':<13} | {'median s':>8} | {'extra MiB':>9} | {'x dense time':>12} | {'x dense mem':>11} | {'loss':>8} |"
+    print(header)
+    print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
+    for vocab in args.vocab:
+        for tokens in args.tokens:
+            rows = {}
+            for impl in args.impl:
+                cmd = [sys.executable, __file__, "--hidden", str(args.hidden), "--repeats", str(args.repeats),
+                       "--_child", impl, f"{vocab}x{tokens}"]
+                done = subprocess.run(cmd, capture_output=True, text=True)
+                if done.returncode != 0:
+                    print(f"| {vocab:>7} | {tokens:>5} | {impl:<13} | failed: {done.stderr.strip().splitlines()[-1][:60]}")
+                    continue
+                rows[impl] = json.loads(done.stdout.strip().splitlines()[-1])
+            dense = rows.get("ours dense")
+            for impl, r in rows.items():
+                t_ratio = r["seconds"] / dense["seconds"] if dense else float("nan")
+                m_ratio = r["extra_mib"] / dense["extra_mib"] if dense else float("nan")
+                print(f"| {vocab:>7} | {tokens:>5} | {impl:<13} | {r['seconds']:>8.3f} | {r['extra_mib']:>9.0f} | "
+                      f"{t_ratio:>12.2f} | {m_ratio:>11.2f} | {r['value']:>8.5f} |")
+
+
+if __name__ == "__main__":
+    main()
