@@ -10,7 +10,8 @@ Notation: at one token position the student's distribution is ``p_S = softmax(z_
       M = β · p_T + (1 − β) · p_S
       JSD_β = β · KL(p_T ‖ M) + (1 − β) · KL(p_S ‖ M)
 
-  with the endpoints defined as the limits TRL uses: β = 0 is the forward KL, β = 1 the reverse KL. β = 0.5 is the
+  with TRL's convention at the endpoints (a convention, not a limit: JSD_β → 0 as β → 0): β = 0 is the forward KL,
+  β = 1 the reverse KL. β = 0.5 is the
   symmetric JSD bounded by log 2. (Liger-Kernel mixes ``M = β · p_S + (1 − β) · p_T``: its β is our 1 − β.)
 * Total variation (``"tvd"``): ``TV = ½ Σ_v |p_T(v) − p_S(v)|``, in [0, 1].
 
@@ -47,6 +48,11 @@ def check_divergence(divergence: str, beta: float = 0.5) -> None:
         raise ValueError(f"Unknown divergence {divergence!r}; choose one of {', '.join(map(repr, DIVERGENCES))}.")
     if not 0.0 <= beta <= 1.0:
         raise ValueError(f"beta must be in [0, 1] (0 = forward KL, 1 = reverse KL, 0.5 = JSD); got {beta}.")
+
+
+def _check_temperature(temperature: float) -> None:
+    if not temperature > 0:  # also refuses NaN
+        raise ValueError(f"temperature must be > 0, got {temperature}.")
 
 
 def _safe_log_softmax(logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -118,8 +124,7 @@ def per_token_divergence(
         float32 tensor of shape ``student_logits.shape[:-1]``, in nats (TVD is unitless, in [0, 1]).
     """
     check_divergence(divergence, beta)
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}.")
+    _check_temperature(temperature)
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(
             f"Student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} differ in "
@@ -275,8 +280,9 @@ def chunked_per_token_divergence(
         ``(N,)`` float32 divergences (weighted when ``token_weights`` is given), and the ``(N,)`` entropies when asked.
     """
     check_divergence(divergence, beta)
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}.")
+    _check_temperature(temperature)
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive number of rows, got {chunk_size}.")
     if student_hidden.shape[0] != teacher_hidden.shape[0]:
         raise ValueError(
             f"Student and teacher hidden states have {student_hidden.shape[0]} and {teacher_hidden.shape[0]} rows; "
@@ -289,9 +295,12 @@ def chunked_per_token_divergence(
                 "Pass vocab_size=len(tokenizer) to compare the shared vocabulary."
             )
         vocab_size = student_weight.shape[0]
-    if vocab_size > min(student_weight.shape[0], teacher_weight.shape[0]):
-        raise ValueError(f"vocab_size={vocab_size} exceeds a head's size ({student_weight.shape[0]}, {teacher_weight.shape[0]}).")
-    chunk = chunk_size or max(1, DEFAULT_TILE_ELEMENTS // vocab_size)
+    if not 0 < vocab_size <= min(student_weight.shape[0], teacher_weight.shape[0]):
+        raise ValueError(
+            f"vocab_size={vocab_size} must be in [1, rows of the smaller head]; the heads have "
+            f"{student_weight.shape[0]} and {teacher_weight.shape[0]} rows."
+        )
+    chunk = chunk_size if chunk_size is not None else max(1, DEFAULT_TILE_ELEMENTS // vocab_size)
     spec = _ChunkSpec(
         divergence,
         beta,

@@ -60,9 +60,10 @@ class LambdaSchedule:
         if self.kind == "linear":
             return self.start + (self.end - self.start) * s
         w, m = self.warmup_fraction, self.mixed_fraction
-        if s < w:
+        eps = 1e-12  # 0.2 + 0.4 == 0.6000000000000001: phase boundaries must not depend on float rounding
+        if s < w - eps:
             return 0.0
-        if s < w + m:
+        if s < w + m - eps:
             return self.start + (self.end - self.start) * (s - w) / m
         return 1.0
 
