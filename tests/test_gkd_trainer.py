@@ -353,3 +353,23 @@ def test_distillation_lowers_the_divergence_on_the_students_own_samples(tmp_path
     trainer.train()
     after = trainer.evaluate()["eval_loss"]
     assert after < 0.7 * before, (before, after)
+
+
+@pytest.mark.parametrize("use_lora", [False, True])
+def test_model_paths_and_gradient_checkpointing(tmp_path, tok, dataset, use_lora):
+    # TRL's defaults: models given as local paths, gradient checkpointing on.
+    student_dir, teacher_dir = tmp_path / "student", tmp_path / "teacher"
+    tiny_llama(len(tok), tokenizer=tok, seed=1).save_pretrained(student_dir)
+    tiny_llama(len(tok), tokenizer=tok, seed=2).save_pretrained(teacher_dir)
+    trainer = GKDTrainer(
+        model=str(student_dir), teacher_model=str(teacher_dir), processing_class=tok, train_dataset=dataset,
+        args=make_config(tmp_path, gradient_checkpointing=True, learning_rate=1e-2,
+                         teacher_model_init_kwargs={"dtype": "float32"}),
+        peft_config=lora_config() if use_lora else None,
+    )
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    teacher_before = [p.detach().clone() for p in trainer.teacher_model.parameters()]
+    trainer.train()
+    changed = [n for n, p in trainer.model.named_parameters() if p.requires_grad and not torch.equal(p, before[n])]
+    assert changed
+    assert all(torch.equal(a, b) for a, b in zip(teacher_before, trainer.teacher_model.parameters(), strict=True))
