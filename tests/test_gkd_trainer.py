@@ -373,3 +373,15 @@ def test_model_paths_and_gradient_checkpointing(tmp_path, tok, dataset, use_lora
     changed = [n for n, p in trainer.model.named_parameters() if p.requires_grad and not torch.equal(p, before[n])]
     assert changed
     assert all(torch.equal(a, b) for a, b in zip(teacher_before, trainer.teacher_model.parameters(), strict=True))
+
+
+def test_streamed_rows_with_empty_completions_are_sampled_instead_and_counted(tmp_path, tok, caplog):
+    rows = [{"prompt": f"{a}+1=", "completion": "" if a % 2 else str(a + 1)} for a in range(16)]
+    stream = Dataset.from_list(rows).to_iterable_dataset()
+    with caplog.at_level(logging.WARNING, logger="trl_opd.trainers.gkd"):
+        trainer = make_trainer(tmp_path, tok, stream, lmbda=0.0, max_steps=2, per_device_train_batch_size=8)
+        trainer.train()
+    resampled = [log["empty_completions_resampled"] for log in trainer.state.log_history if "lmbda" in log]
+    fractions = [log["on_policy_fraction"] for log in trainer.state.log_history if "lmbda" in log]
+    assert resampled == [4.0, 4.0] and fractions == [0.5, 0.5]
+    assert "4 off-policy rows have an empty completion" in caplog.text

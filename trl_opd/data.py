@@ -18,7 +18,8 @@ from datasets import Dataset, IterableDataset
 logger = logging.getLogger(__name__)
 
 
-def _is_empty(completion: Any) -> bool:
+def is_empty_completion(completion: Any) -> bool:
+    """True for a missing, blank, or all-blank-messages completion."""
     if completion is None:
         return True
     if isinstance(completion, str):
@@ -63,7 +64,7 @@ def prepare_prompt_completion_dataset(
         )
         raise ValueError(f"{name} has columns {columns}; expected {needed}.{hint}")
     if needs_completion and isinstance(dataset, Dataset):
-        empty = [i for i, completion in enumerate(dataset["completion"]) if _is_empty(completion)]
+        empty = [i for i, completion in enumerate(dataset["completion"]) if is_empty_completion(completion)]
         if len(empty) == len(dataset):
             raise ValueError(f"Every row of {name} has an empty completion; off-policy rows would train on no tokens.")
         if empty:

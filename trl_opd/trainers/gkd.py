@@ -15,7 +15,7 @@ from trl.models import prepare_deepspeed
 from trl.models.utils import unwrap_model_for_generation
 from trl.trainer.utils import pad
 
-from ..data import prepare_prompt_completion_dataset
+from ..data import is_empty_completion, prepare_prompt_completion_dataset
 from ..divergences import chunked_per_token_divergence
 from ..models import disable_bnb_cpu_weight_repacking, head_transform, load_teacher, shared_vocab_size
 from .gkd_config import GKDConfig
@@ -221,7 +221,7 @@ class GKDTrainer(DistillationTrainer):
             return on_policy
         empty = [
             i for i, (row, flag) in enumerate(zip(inputs, on_policy, strict=True))
-            if not flag and not row.get("completion")
+            if not flag and is_empty_completion(row.get("completion"))
         ]
         if "completion" not in inputs[0] and not all(on_policy):
             raise ValueError(
