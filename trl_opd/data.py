@@ -28,6 +28,14 @@ def is_empty_completion(completion: Any) -> bool:
     return not any(str(message.get("content") or "").strip() for message in completion)
 
 
+def cut_after_first_eos(ids: list[int], eos_token_ids) -> list[int]:
+    """``ids`` up to and including the first end-of-sequence token (all of ``ids`` when there is none)."""
+    for i, token in enumerate(ids):
+        if token in eos_token_ids:
+            return ids[: i + 1]
+    return ids
+
+
 def split_messages(messages: list[dict]) -> tuple[list[dict], list[dict]]:
     """``messages`` -> (prompt, completion): the completion is the last assistant message."""
     for i in range(len(messages) - 1, -1, -1):

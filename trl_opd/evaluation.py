@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from .data import cut_after_first_eos
 from .divergences import per_token_divergence
 
 
@@ -33,11 +34,7 @@ def sample(model, prompt_ids: list[list[int]], pad_token_id: int, eos_token_ids:
     out = model.generate(input_ids=input_ids, attention_mask=attention_mask, pad_token_id=pad_token_id,
                          eos_token_id=eos_token_ids, **generate_kwargs)
     model.train(was_training)
-    completions = []
-    for row in out[:, width:].tolist():
-        ends = [i for i, token in enumerate(row) if token in eos_token_ids]
-        completions.append(row[: ends[0] + 1] if ends else row)
-    return completions
+    return [cut_after_first_eos(row, eos_token_ids) for row in out[:, width:].tolist()]
 
 
 @torch.no_grad()

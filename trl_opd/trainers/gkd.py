@@ -15,7 +15,7 @@ from trl.models import prepare_deepspeed
 from trl.models.utils import unwrap_model_for_generation
 from trl.trainer.utils import pad
 
-from ..data import is_empty_completion, prepare_prompt_completion_dataset
+from ..data import cut_after_first_eos, is_empty_completion, prepare_prompt_completion_dataset
 from ..divergences import chunked_per_token_divergence
 from ..models import disable_bnb_cpu_weight_repacking, head_transform, load_teacher, shared_vocab_size
 from .gkd_config import GKDConfig
@@ -274,9 +274,7 @@ class GKDTrainer(DistillationTrainer):
                     "completion can't be located. Pass text prompts/completions or a prefix-preserving template."
                 )
             ids = tokenizer(full_text[len(prompt_text) :], add_special_tokens=False)["input_ids"]
-            ends = [j for j, token in enumerate(ids) if token in self.eos_token_ids]
-            if ends:
-                ids = ids[: ends[0] + 1]
+            ids = cut_after_first_eos(ids, self.eos_token_ids)
         else:
             if not isinstance(completion, str):
                 raise ValueError("A text prompt needs a text completion; got a list of messages.")
@@ -298,11 +296,7 @@ class GKDTrainer(DistillationTrainer):
             out = teacher.generate(
                 input_ids=input_ids, attention_mask=attention_mask, generation_config=self.generation_config
             )
-        completions = []
-        for row in out[:, input_ids.size(1) :].tolist():
-            ends = [j for j, token in enumerate(row) if token in self.eos_token_ids]
-            completions.append(row[: ends[0] + 1] if ends else row)
-        return completions
+        return [cut_after_first_eos(row, self.eos_token_ids) for row in out[:, input_ids.size(1) :].tolist()]
 
     # ------------------------------------------------------------------------------------------------------------------
     # Loss
