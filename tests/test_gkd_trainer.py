@@ -385,3 +385,16 @@ def test_streamed_rows_with_empty_completions_are_sampled_instead_and_counted(tm
     fractions = [log["on_policy_fraction"] for log in trainer.state.log_history if "lmbda" in log]
     assert resampled == [4.0, 4.0] and fractions == [0.5, 0.5]
     assert "4 off-policy rows have an empty completion" in caplog.text
+
+
+def test_missing_teacher_and_wrong_config_type_are_refused(tmp_path, tok, dataset):
+    student = tiny_llama(len(tok), tokenizer=tok, seed=1)
+    with pytest.raises(ValueError, match="GKDTrainer needs a teacher"):
+        GKDTrainer(model=student, args=make_config(tmp_path), train_dataset=dataset, processing_class=tok)
+    from trl import DistillationConfig
+
+    with pytest.raises(TypeError, match="args must be a trl_opd.GKDConfig"):
+        GKDTrainer(model=student, teacher_model=student, args=DistillationConfig(output_dir=str(tmp_path), bf16=False, use_cpu=True),
+                   train_dataset=dataset, processing_class=tok)
+    with pytest.raises(ValueError, match="teacher model is already instantiated"):
+        make_trainer(tmp_path, tok, dataset, teacher_model_init_kwargs={"dtype": "float32"})

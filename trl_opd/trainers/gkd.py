@@ -137,22 +137,18 @@ class GKDTrainer(DistillationTrainer):
         # The teacher is prepared here rather than by the parent, whose check of equal `config.vocab_size` refuses
         # heads padded to different sizes that share a tokenizer (see `shared_vocab_size`).
         teacher = load_teacher(teacher_model, args.teacher_model_init_kwargs, args)
-        teacher_init_kwargs, args.teacher_model_init_kwargs = args.teacher_model_init_kwargs, None
-        try:
-            super().__init__(
-                model=model,
-                teacher_model=None,
-                args=args,
-                train_dataset=train_dataset,
-                eval_dataset=eval_dataset,
-                processing_class=processing_class,
-                callbacks=callbacks,
-                optimizers=optimizers,
-                quantization_config=quantization_config,
-                peft_config=peft_config,
-            )
-        finally:
-            args.teacher_model_init_kwargs = teacher_init_kwargs
+        super().__init__(
+            model=model,
+            teacher_model=None,
+            args=args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            callbacks=callbacks,
+            optimizers=optimizers,
+            quantization_config=quantization_config,
+            peft_config=peft_config,
+        )
         if self._is_vlm:
             raise ValueError("trl_opd.GKDTrainer supports text models only; use trl.DistillationTrainer for VLMs.")
         self.vocab_size = shared_vocab_size(self.model, teacher, self._tokenizer)
