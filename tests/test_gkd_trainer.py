@@ -10,6 +10,8 @@ from trl_opd import GKDConfig, GKDTrainer, per_token_divergence
 from trl_opd.tiny import addition_dataset, char_tokenizer, tiny_llama, train_causal_lm
 from trl_opd.trainers.gkd import on_policy_mask
 
+from helpers import make_config, make_trainer
+
 
 @pytest.fixture(scope="module")
 def tok():
@@ -19,39 +21,6 @@ def tok():
 @pytest.fixture(scope="module")
 def dataset():
     return addition_dataset()
-
-
-def make_config(tmp_path, **overrides):
-    values = dict(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=4,
-        per_device_eval_batch_size=8,
-        gradient_accumulation_steps=1,
-        max_steps=2,
-        max_completion_length=6,
-        learning_rate=1e-3,
-        bf16=False,
-        use_cpu=True,
-        report_to=[],
-        logging_steps=1,
-        save_strategy="no",
-        gradient_checkpointing=False,
-        seed=0,
-    )
-    values.update(overrides)
-    return GKDConfig(**values)
-
-
-def make_trainer(tmp_path, tok, dataset, student=None, teacher=None, **overrides):
-    student = student if student is not None else tiny_llama(len(tok), tokenizer=tok, seed=1)
-    teacher = teacher if teacher is not None else tiny_llama(len(tok), tokenizer=tok, seed=2, hidden_size=48)
-    return GKDTrainer(
-        model=student,
-        teacher_model=teacher,
-        args=make_config(tmp_path, **overrides),
-        train_dataset=dataset,
-        processing_class=tok,
-    )
 
 
 class CountingGenerate:

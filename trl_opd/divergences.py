@@ -170,18 +170,21 @@ class _ChunkedDivergence(torch.autograd.Function):
         n = h_s.shape[0]
         out = torch.empty(n, device=h_s.device, dtype=torch.float32)
         entropy = torch.empty(n, device=h_s.device, dtype=torch.float32)
+        teacher_entropy = torch.empty(n if spec.teacher_entropy else 0, device=h_s.device, dtype=torch.float32)
         for start in range(0, n, spec.chunk):
             rows = slice(start, min(start + spec.chunk, n))
             log_p_s, log_p_t = spec.log_probs(h_s[rows], w_s, b_s, h_t[rows], w_t, b_t)
             out[rows] = divergence_from_log_probs(log_p_s, log_p_t, spec.divergence, spec.beta)
             entropy[rows] = -(log_p_s.exp() * log_p_s).sum(-1)
+            if spec.teacher_entropy:
+                teacher_entropy[rows] = -(log_p_t.exp() * log_p_t).sum(-1)
         ctx.save_for_backward(h_s, w_s, b_s, h_t, w_t, b_t)
         ctx.spec = spec
-        ctx.mark_non_differentiable(entropy)
-        return out, entropy
+        ctx.mark_non_differentiable(entropy, teacher_entropy)
+        return out, entropy, teacher_entropy
 
     @staticmethod
-    def backward(ctx, grad_out, _grad_entropy):
+    def backward(ctx, grad_out, _grad_entropy, _grad_teacher_entropy):
         h_s, w_s, b_s, h_t, w_t, b_t = ctx.saved_tensors
         spec = ctx.spec
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
@@ -215,8 +218,11 @@ class _ChunkedDivergence(torch.autograd.Function):
 class _ChunkSpec:
     """What the chunked autograd function needs besides tensors: divergence, temperature, head transforms, sizes."""
 
-    def __init__(self, divergence, beta, temperature, chunk, vocab_size, student_transform, teacher_transform):
+    def __init__(
+        self, divergence, beta, temperature, chunk, vocab_size, student_transform, teacher_transform, teacher_entropy
+    ):
         self.divergence, self.beta, self.temperature, self.chunk = divergence, beta, temperature, chunk
+        self.teacher_entropy = teacher_entropy
         self.vocab_size = vocab_size
         self.student_transform, self.teacher_transform = student_transform, teacher_transform
 
@@ -253,7 +259,8 @@ def chunked_per_token_divergence(
     vocab_size: int | None = None,
     chunk_size: int | None = None,
     return_entropy: bool = False,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    return_teacher_entropy: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, ...]:
     """Per-token divergence from hidden states and ``lm_head`` weights without materializing ``(N, V)`` logits.
 
     Equal in value and gradient (to float32 rounding) to
@@ -275,9 +282,11 @@ def chunked_per_token_divergence(
             e.g. Qwen2.5-7B's 152064 rows against 151936). Defaults to the common size, which must then be equal.
         chunk_size: rows per chunk; defaults to ``2**24 // V`` (a 64 MiB float32 tile).
         return_entropy: also return the student's per-token entropy (no gradient).
+        return_teacher_entropy: also return the teacher's per-token entropy (no gradient), after the student's.
 
     Returns:
-        ``(N,)`` float32 divergences (weighted when ``token_weights`` is given), and the ``(N,)`` entropies when asked.
+        ``(N,)`` float32 divergences (weighted when ``token_weights`` is given), then, when asked, the ``(N,)`` student
+        entropies and the ``(N,)`` teacher entropies, in that order.
     """
     check_divergence(divergence, beta)
     _check_temperature(temperature)
@@ -309,11 +318,44 @@ def chunked_per_token_divergence(
         vocab_size,
         make_logit_transform(student_logit_scale, student_softcap),
         make_logit_transform(teacher_logit_scale, teacher_softcap),
+        return_teacher_entropy,
     )
-    values, entropy = _ChunkedDivergence.apply(
+    values, entropy, teacher_entropy = _ChunkedDivergence.apply(
         student_hidden, student_weight, student_bias, teacher_hidden.detach(), teacher_weight.detach(),
         None if teacher_bias is None else teacher_bias.detach(), spec,
     )
     if token_weights is not None:
         values = values * token_weights.to(values.dtype)
-    return (values, entropy) if return_entropy else values
+    extras = (entropy,) * return_entropy + (teacher_entropy,) * return_teacher_entropy
+    return (values, *extras) if extras else values
+
+
+@torch.no_grad()
+def chunked_token_log_probs(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    token_ids: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    logit_scale: float = 1.0,
+    softcap: float | None = None,
+    temperature: float = 1.0,
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    """``log softmax(h W^T / τ)[token]`` for each of the ``(N, H)`` hidden states, ``chunk_size`` rows at a time.
+
+    Returns ``(N,)`` float32 log-probabilities of ``token_ids`` (no gradient): e.g. for the perplexity of a rollout,
+    ``exp(−mean log p)``.
+    """
+    _check_temperature(temperature)
+    transform = make_logit_transform(logit_scale, softcap)
+    chunk = chunk_size or max(1, DEFAULT_TILE_ELEMENTS // weight.shape[0])
+    out = torch.empty(hidden.shape[0], device=hidden.device, dtype=torch.float32)
+    for start in range(0, hidden.shape[0], chunk):
+        rows = slice(start, start + chunk)
+        z = hidden[rows].to(weight.dtype) @ weight.t()
+        if bias is not None:
+            z = z + bias
+        log_p = _safe_log_softmax(transform(z.float()), temperature)
+        out[rows] = log_p.gather(-1, token_ids[rows].long().unsqueeze(-1)).squeeze(-1)
+    return out

@@ -19,6 +19,7 @@ from ..data import cut_after_first_eos, is_empty_completion, prepare_prompt_comp
 from ..divergences import chunked_per_token_divergence
 from ..models import disable_bnb_cpu_weight_repacking, head_transform, load_teacher, shared_vocab_size
 from .gkd_config import GKDConfig
+from .hooked import HookedTrainerMixin
 
 
 logger = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ def on_policy_mask(n_local: int, lmbda: float, seed: int, step: int, process_ind
     return (mine < lmbda).tolist()
 
 
-class GKDTrainer(DistillationTrainer):
+class GKDTrainer(HookedTrainerMixin, DistillationTrainer):
     """
     Generalized knowledge distillation (Agarwal et al., 2024) with per-sample λ-mixing and a λ schedule.
 
@@ -82,6 +83,14 @@ class GKDTrainer(DistillationTrainer):
         callbacks, optimizers: as in `transformers.Trainer`.
         quantization_config: a `BitsAndBytesConfig` used when `model` is a path; with `peft_config` this is QLoRA.
         peft_config: a `peft.LoraConfig` (or other weight adapter) to train adapters only.
+        token_importance: a [`trl_opd.hooks.TokenImportance`]: TIP per-token loss weights.
+        prefix_filter: a [`trl_opd.hooks.FlawedPrefixFilter`]: rejects degenerate on-policy rollouts before the teacher
+            scores them (dropped from the loss, or replaced by the dataset completion).
+        curriculum: a [`trl_opd.hooks.PacedCurriculum`]: samples examples at the student's frontier; its state is
+            saved with each checkpoint and restored on resume.
+        success_func: optional verifier for the curriculum, called like a GRPO reward function
+            (`success_func(prompts=..., completions=..., **dataset_columns) -> list[float]` in [0, 1]) on on-policy
+            rollouts. Without it the curriculum observes exp(−mean divergence) of each example.
     """
 
     _tag_names = ["trl", "trl-opd", "gkd", "distillation"]
@@ -110,6 +119,10 @@ class GKDTrainer(DistillationTrainer):
         optimizers: tuple = (None, None),
         quantization_config=None,
         peft_config=None,
+        token_importance=None,
+        prefix_filter=None,
+        curriculum=None,
+        success_func=None,
     ):
         if args is None:
             args = GKDConfig("gkd-output")
@@ -126,6 +139,7 @@ class GKDTrainer(DistillationTrainer):
             )
         needs_completion = args.needs_dataset_completions
         train_dataset = prepare_prompt_completion_dataset(train_dataset, "train_dataset", needs_completion)
+        train_dataset = self._init_hooks(train_dataset, token_importance, prefix_filter, curriculum, success_func)
         if isinstance(eval_dataset, dict):
             eval_dataset = {
                 key: prepare_prompt_completion_dataset(ds, f"eval_dataset[{key!r}]", args.eval_lmbda < 1.0)
@@ -163,7 +177,7 @@ class GKDTrainer(DistillationTrainer):
         self.seq_kd = args.seq_kd
         self._student_head = head_transform(self.accelerator.unwrap_model(self.model).config)
         self._teacher_head = head_transform(teacher.config)
-        self._pending_rows: tuple[list[dict], list[bool]] | None = None
+        self._pending: dict | None = None  # the rows being generated, their sources, rejected rows
 
     # ------------------------------------------------------------------------------------------------------------------
     # Sampling mixture
@@ -182,6 +196,9 @@ class GKDTrainer(DistillationTrainer):
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         mode = "train" if self.model.training else "eval"
+        if mode == "train":
+            self._apply_curriculum_observations()
+            self._log_curriculum_batch()
         lmbda = self.current_lmbda()
         on_policy = on_policy_mask(
             len(inputs),
@@ -192,11 +209,20 @@ class GKDTrainer(DistillationTrainer):
             self.accelerator.num_processes,
         )
         on_policy = self._fallback_empty_completions(inputs, on_policy, mode)
-        self._pending_rows = (inputs, on_policy)
+        self._pending = {"rows": inputs, "on_policy": on_policy, "dropped": [False] * len(inputs)}
         try:
             output = super()._generate_and_score_completions(inputs)
+            dropped = self._pending["dropped"]
         finally:
-            self._pending_rows = None
+            self._pending = None
+        if any(dropped):  # rejected rollouts stay in the batch with no token trained on
+            keep = torch.tensor([not d for d in dropped], device=output["completion_mask"].device)
+            output["completion_mask"] = output["completion_mask"] * keep.unsqueeze(1)
+            output["num_items_in_batch"] = self.accelerator.gather(output["completion_mask"].sum()).sum()
+        if "example_index" in inputs[0]:
+            output["example_index"] = torch.tensor([row["example_index"] for row in inputs], device=self.accelerator.device)
+        if self.success_func is not None and mode == "train":
+            self._observe_success(inputs, output, on_policy, dropped)
 
         n_tokens = output["num_items_in_batch"]
         if int(n_tokens) == 0:
@@ -210,6 +236,24 @@ class GKDTrainer(DistillationTrainer):
         self._metrics[mode]["on_policy_fraction"].append(flags.mean().item())
         self._metrics[mode]["num_tokens_trained"].append(float(n_tokens))
         return output
+
+    def _observe_success(self, inputs, output, on_policy, dropped) -> None:
+        """Score the kept on-policy rollouts with `success_func` and queue them as curriculum observations."""
+        rows = [i for i, (flag, drop) in enumerate(zip(on_policy, dropped, strict=True)) if flag and not drop]
+        if not rows:
+            return
+        texts = self._tokenizer.batch_decode(
+            [output["completion_ids"][i][output["completion_mask"][i].bool()] for i in rows], skip_special_tokens=True
+        )
+        prompts = [inputs[i]["prompt"] for i in rows]
+        completions = (
+            [[{"role": "assistant", "content": t}] for t in texts] if is_conversational(inputs[0]) else texts
+        )
+        columns = {key: [inputs[i][key] for i in rows] for key in inputs[0] if key not in ("prompt", "completion")}
+        scores = torch.tensor(self.success_func(prompts=prompts, completions=completions, **columns), dtype=torch.float)
+        if scores.shape != (len(rows),) or not bool(((scores >= 0) & (scores <= 1)).all()):
+            raise ValueError(f"success_func must return {len(rows)} scores in [0, 1]; got {scores.tolist()}.")
+        self._record_curriculum_observations(output["example_index"][rows], scores)
 
     def _fallback_empty_completions(self, inputs: list[dict], on_policy: list[bool], mode: str) -> list[bool]:
         """Off-policy rows whose dataset completion is empty (possible in streamed datasets) are sampled instead."""
@@ -231,16 +275,26 @@ class GKDTrainer(DistillationTrainer):
         return on_policy
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, has_tool_images=False):
-        # The parent tokenized the prompts of `self._pending_rows`; fill in each row's completion by its source.
-        if self._pending_rows is None:  # called outside `_generate_and_score_completions`: plain on-policy
+        # The parent tokenized the prompts of `self._pending`; fill in each row's completion by its source.
+        if self._pending is None:  # called outside `_generate_and_score_completions`: plain on-policy
             return super()._generate_single_turn(prompt_ids, images, multimodal_fields, has_tool_images)
-        rows, on_policy = self._pending_rows
+        rows, on_policy = self._pending["rows"], self._pending["on_policy"]
         completions: list[list[int] | None] = [None] * len(rows)
         sampled = [i for i, flag in enumerate(on_policy) if flag]
         if sampled:
             generated = super()._generate_single_turn([prompt_ids[i] for i in sampled], None, {}, False)
-            for i, ids in zip(sampled, generated, strict=True):
+            reasons = self._flawed_prefix_reasons([prompt_ids[i] for i in sampled], generated)
+            for i, ids, reason in zip(sampled, generated, reasons, strict=True):
                 completions[i] = ids
+                if reason is not None:
+                    self._reject_rollout(i, rows[i])
+            if all(self._pending["dropped"]):
+                logger.warning(
+                    "Every rollout of this batch was rejected as flawed; training it off-policy instead."
+                )
+                for i in range(len(rows)):
+                    self._reject_rollout(i, rows[i], force_replace=True)
+        on_policy = self._pending["on_policy"]
         off_policy = [i for i, flag in enumerate(on_policy) if not flag]
         if off_policy and self.seq_kd:
             generated = self._teacher_generate([prompt_ids[i] for i in off_policy])
@@ -250,6 +304,20 @@ class GKDTrainer(DistillationTrainer):
             for i in off_policy:
                 completions[i] = self._tokenize_completion(rows[i]["prompt"], rows[i]["completion"], prompt_ids[i])
         return completions
+
+    def _reject_rollout(self, i: int, row: dict, force_replace: bool = False) -> None:
+        """Apply the prefix filter's policy to row ``i``: off-policy with the dataset completion, or dropped."""
+        replace = force_replace or self.prefix_filter.policy == "replace"
+        if replace and not is_empty_completion(row.get("completion")):
+            self._pending["on_policy"][i] = False
+            self._pending["dropped"][i] = False
+        elif force_replace:
+            raise RuntimeError(
+                "Every rollout of this batch was rejected as flawed and the dataset has no completions to fall back "
+                "on. Loosen the filter (max_perplexity, loop_min_repeats) or add a `completion` column."
+            )
+        else:
+            self._pending["dropped"][i] = True
 
     def _tokenize_completion(self, prompt, completion, prompt_ids: list[int]) -> list[int]:
         """Token ids of a dataset completion, as the model would have generated them after ``prompt_ids``.
@@ -298,13 +366,10 @@ class GKDTrainer(DistillationTrainer):
     # Loss
     # ------------------------------------------------------------------------------------------------------------------
 
-    def token_weights(self, inputs: dict[str, Any], loss_mask: torch.Tensor) -> torch.Tensor | None:
-        """Per-token weights over the valid completion tokens (``None``: all 1). Hooks override this."""
-        return None
-
     def _compute_loss(self, unwrapped_student, inputs, num_items_in_batch):
         """Σ_tokens w_t · D(p_T ‖ p_S)_t / num_items_in_batch over the completion tokens, with the chunked divergence.
 
+        w_t are the TIP weights (1 without ``token_importance``); tokens of weight 0 are skipped in the backward pass.
         ``num_items_in_batch`` is the number of completion tokens of the whole generation batch (all processes and
         accumulation steps, set by the parent), so the loss is correct under gradient accumulation.
         """
@@ -332,8 +397,7 @@ class GKDTrainer(DistillationTrainer):
         loss_mask = loss_mask.to(device)
         h_s = student_hidden.to(device)[loss_mask]
         h_t = teacher_hidden.to(device)[loss_mask]
-        weights = self.token_weights(inputs, loss_mask)
-        values, entropy = chunked_per_token_divergence(
+        values, entropy, *teacher_entropy = chunked_per_token_divergence(
             h_s,
             h_t,
             student_head.weight,
@@ -347,15 +411,19 @@ class GKDTrainer(DistillationTrainer):
             student_softcap=self._student_head[1],
             teacher_logit_scale=self._teacher_head[0],
             teacher_softcap=self._teacher_head[1],
-            token_weights=weights,
             vocab_size=self.vocab_size,
             return_entropy=True,
+            return_teacher_entropy=self.token_importance is not None,
         )
         if not torch.isfinite(values).all():
             raise FloatingPointError(
                 "The divergence is not finite: the student or teacher produced NaN/inf logits (check the learning "
                 "rate, fp16 overflow, or a teacher that gives zero probability to the student's tokens under 'fkl')."
             )
+        self._curriculum_divergence_observations(inputs, loss_mask, values)
+        weights = self._token_importance_weights(values, teacher_entropy[0] if teacher_entropy else None, entropy)
+        if weights is not None:
+            values = values * weights
         n_valid = loss_mask.sum()
         loss = values.sum()
         if num_items_in_batch is None:

@@ -1,0 +1,43 @@
+"""Shared test helpers: a GKDConfig for CPU runs and a GKDTrainer on tiny models."""
+
+from trl_opd import GKDConfig, GKDTrainer
+from trl_opd.tiny import tiny_llama
+
+
+def make_config(tmp_path, **overrides):
+    values = dict(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        per_device_eval_batch_size=8,
+        gradient_accumulation_steps=1,
+        max_steps=2,
+        max_completion_length=6,
+        learning_rate=1e-3,
+        bf16=False,
+        use_cpu=True,
+        report_to=[],
+        logging_steps=1,
+        save_strategy="no",
+        gradient_checkpointing=False,
+        seed=0,
+    )
+    values.update(overrides)
+    return GKDConfig(**values)
+
+
+HOOK_ARGUMENTS = ("token_importance", "prefix_filter", "curriculum", "success_func")
+
+
+def make_trainer(tmp_path, tok, dataset, student=None, teacher=None, **overrides):
+    """A GKDTrainer on tiny models; keyword arguments are GKDConfig fields or the trainer's hook arguments."""
+    student = student if student is not None else tiny_llama(len(tok), tokenizer=tok, seed=1)
+    teacher = teacher if teacher is not None else tiny_llama(len(tok), tokenizer=tok, seed=2, hidden_size=48)
+    hooks = {key: overrides.pop(key) for key in HOOK_ARGUMENTS if key in overrides}
+    return GKDTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=make_config(tmp_path, **overrides),
+        train_dataset=dataset,
+        processing_class=tok,
+        **hooks,
+    )
