@@ -61,9 +61,9 @@ def test_only_on_policy_rows_are_generated_and_others_use_the_dataset(tmp_path, 
     rows = [dataset[i] for i in range(8)]
     mask = [True, False, False, True, False, True, False, False]
     prompt_ids = [tok(r["prompt"])["input_ids"] for r in rows]
-    trainer._pending_rows = (rows, mask)
+    trainer._pending = {"rows": rows, "on_policy": mask, "dropped": [False] * 8}
     completions = trainer._generate_single_turn(prompt_ids, None, {})
-    trainer._pending_rows = None
+    trainer._pending = None
     assert counter.rows == [3]
     for row, flag, ids in zip(rows, mask, completions, strict=True):
         if not flag:
