@@ -24,8 +24,9 @@ from transformers import AutoTokenizer, HfArgumentParser
 from trl import ModelConfig, get_peft_config, get_quantization_config
 
 from trl_opd import GKDConfig, GKDTrainer
-from trl_opd.assets import pruned_student_dir, reasoning_gym_dataset, smollm2_teacher_dir
+from trl_opd.assets import make_reasoning_gym_reward, pruned_student_dir, reasoning_gym_dataset, smollm2_teacher_dir
 from trl_opd.evaluation import sample_guards
+from trl_opd.hooks import FlawedPrefixFilter, PacedCurriculum, TokenImportance
 
 
 @dataclass
@@ -35,6 +36,11 @@ class ScriptArguments:
     task: str = field(default="gsm_symbolic", metadata={"help": "reasoning-gym task for prompts and completions."})
     train_size: int = field(default=64, metadata={"help": "Number of training problems."})
     eval_size: int = field(default=8, metadata={"help": "Number of held-out problems for the before/after report."})
+    tip_keep_fraction: float | None = field(
+        default=None, metadata={"help": "TIP: train only this fraction of tokens (top teacher-confidence scores)."}
+    )
+    prefix_filter: bool = field(default=False, metadata={"help": "Reject looping / high-perplexity rollouts."})
+    curriculum: bool = field(default=False, metadata={"help": "PACED sampling, success = the task's verifier."})
 
 
 def main():
@@ -79,6 +85,19 @@ def main():
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
         quantization_config=get_quantization_config(model_args),
+        # Optional stability hooks (docs/hooks.md).
+        token_importance=(
+            TokenImportance(mode="top_fraction", keep_fraction=script_args.tip_keep_fraction)
+            if script_args.tip_keep_fraction is not None
+            else None
+        ),
+        prefix_filter=FlawedPrefixFilter() if script_args.prefix_filter else None,
+        curriculum=PacedCurriculum() if script_args.curriculum else None,
+        success_func=(
+            make_reasoning_gym_reward(script_args.task, size=script_args.train_size, seed=0)
+            if script_args.curriculum
+            else None
+        ),
     )
 
     # 4. Before / train / after.

@@ -30,8 +30,9 @@ def run_example(script: str, *args: str, tmp_path: Path) -> str:
 
 
 @pytest.mark.slow
-def test_gkd_example_full_finetuning(tmp_path):
-    out = run_example("gkd.py", *QUICK, tmp_path=tmp_path)
+def test_gkd_example_full_finetuning_with_all_hooks(tmp_path):
+    out = run_example("gkd.py", *QUICK, "--tip_keep_fraction", "0.5", "--prefix_filter", "true", "--curriculum", "true",
+                      tmp_path=tmp_path)
     assert "to the teacher on the student's own samples:" in out
     assert "fkl_on_teacher_samples" in out and "seconds per optimizer step" in out
     assert (tmp_path / "config.json").exists()

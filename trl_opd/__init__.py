@@ -1,10 +1,12 @@
 """trl-opd: on-policy distillation for Hugging Face TRL.
 
 Public names: :class:`GKDConfig` / :class:`GKDTrainer` (λ-mixed generalized KD), the divergence library
-:mod:`trl_opd.divergences`, λ schedules :mod:`trl_opd.schedules`.
+:mod:`trl_opd.divergences`, λ schedules :mod:`trl_opd.schedules`, and the stability hooks
+:class:`TokenImportance`, :class:`PacedCurriculum`, :class:`FlawedPrefixFilter` (:mod:`trl_opd.hooks`).
 """
 
 from .divergences import chunked_per_token_divergence, per_token_divergence
+from .hooks import FlawedPrefixFilter, PacedCurriculum, TokenImportance
 from .schedules import LambdaSchedule
 from .trainers import GKDConfig, GKDTrainer
 
@@ -12,9 +14,12 @@ from .trainers import GKDConfig, GKDTrainer
 __version__ = "0.1.0"
 
 __all__ = [
+    "FlawedPrefixFilter",
     "GKDConfig",
     "GKDTrainer",
     "LambdaSchedule",
+    "PacedCurriculum",
+    "TokenImportance",
     "chunked_per_token_divergence",
     "per_token_divergence",
 ]
