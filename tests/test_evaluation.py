@@ -2,7 +2,7 @@
 
 import pytest
 
-from trl_opd.evaluation import distinct_n, mean_divergence, sample
+from trl_opd.evaluation import distinct_n, mean_divergence, mean_token_log_prob, sample
 from trl_opd.tiny import char_tokenizer, tiny_llama
 
 
@@ -25,3 +25,13 @@ def test_sample_cuts_after_the_first_eos_and_divergence_to_itself_is_zero():
     assert mean_divergence(model, model, prompts, completions, "fkl") == pytest.approx(0.0, abs=1e-6)
     other = tiny_llama(len(tok), tokenizer=tok, seed=1)
     assert mean_divergence(model, other, prompts, completions, "fkl") > 0.01
+
+
+def test_mean_token_log_prob_by_hand():
+    tok = char_tokenizer()
+    model = tiny_llama(len(tok), tokenizer=tok, seed=0)
+    import torch
+
+    with torch.no_grad():
+        model.lm_head.weight.zero_()  # uniform next-token distribution over the 49 tokens
+    assert mean_token_log_prob(model, [[5, 6]], [[7, 8, 9]]) == pytest.approx(-__import__("math").log(49), abs=1e-5)

@@ -44,3 +44,11 @@ def test_gkd_example_qlora(tmp_path):
     out = run_example("gkd.py", *QUICK, "--use_peft", "--load_in_4bit", "--lora_r", "4", tmp_path=tmp_path)
     assert "to the teacher on the student's own samples:" in out
     assert (tmp_path / "adapter_config.json").exists()
+
+
+@pytest.mark.slow
+def test_minillm_example(tmp_path):
+    out = run_example("minillm.py", "--max_steps", "1", "--train_size", "4", "--eval_size", "2",
+                      "--max_completion_length", "8", "--per_device_train_batch_size", "2", "--num_generations", "2",
+                      tmp_path=tmp_path)
+    assert "accuracy (greedy)" in out and "reverse KL on own samples" in out

@@ -8,7 +8,7 @@ Public names: :class:`GKDConfig` / :class:`GKDTrainer` (λ-mixed generalized KD)
 from .divergences import chunked_per_token_divergence, per_token_divergence
 from .hooks import FlawedPrefixFilter, PacedCurriculum, TokenImportance
 from .schedules import LambdaSchedule
-from .trainers import GKDConfig, GKDTrainer
+from .trainers import GKDConfig, GKDTrainer, MiniLLMConfig, MiniLLMTrainer
 
 
 __version__ = "0.1.0"
@@ -18,6 +18,8 @@ __all__ = [
     "GKDConfig",
     "GKDTrainer",
     "LambdaSchedule",
+    "MiniLLMConfig",
+    "MiniLLMTrainer",
     "PacedCurriculum",
     "TokenImportance",
     "chunked_per_token_divergence",

@@ -53,6 +53,21 @@ def mean_divergence(student, teacher, prompt_ids, completion_ids, divergence="fk
     return total / max(count, 1)
 
 
+@torch.no_grad()
+def mean_token_log_prob(model, prompt_ids, completion_ids) -> float:
+    """Token-mean ``log p_model(y_t | x, y<t)`` over the given completions (one row at a time)."""
+    total, count = 0.0, 0
+    device = next(model.parameters()).device
+    for prompt, completion in zip(prompt_ids, completion_ids, strict=True):
+        if not completion:
+            continue
+        ids = torch.tensor([prompt + completion], device=device)
+        log_probs = model(input_ids=ids).logits[0, len(prompt) - 1 : -1].float().log_softmax(-1)
+        total += log_probs.gather(-1, ids[0, len(prompt) :].unsqueeze(-1)).sum().item()
+        count += len(completion)
+    return total / max(count, 1)
+
+
 def sample_guards(trainer, dataset, max_new_tokens: int | None = None) -> dict[str, float]:
     """The three guards for a GKD-style trainer's student and teacher on ``dataset``'s prompts."""
     student = trainer.accelerator.unwrap_model(trainer.model)

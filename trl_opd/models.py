@@ -102,3 +102,14 @@ def head_transform(config) -> tuple[float, float | None]:
     if scale is None and getattr(config, "logits_scaling", None) is not None:
         scale = config.logits_scaling if config.model_type == "hyperclovax" else 1 / config.logits_scaling
     return (1.0 if scale is None else float(scale)), getattr(config, "final_logit_softcapping", None)
+
+
+def last_hidden_states(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int) -> torch.Tensor:
+    """Hidden states ``(B, logits_to_keep, H)`` that predict the last ``logits_to_keep`` tokens (before the lm_head).
+
+    Runs the backbone only (no ``(B, T, V)`` logits). For a ``PeftModel`` the adapters are active inside the backbone.
+    """
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    return hidden[:, -logits_to_keep - 1 : -1, :]

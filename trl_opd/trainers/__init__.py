@@ -2,6 +2,8 @@
 
 from .gkd import GKDTrainer
 from .gkd_config import GKDConfig
+from .minillm import MiniLLMTrainer
+from .minillm_config import MiniLLMConfig
 
 
-__all__ = ["GKDConfig", "GKDTrainer"]
+__all__ = ["GKDConfig", "GKDTrainer", "MiniLLMConfig", "MiniLLMTrainer"]

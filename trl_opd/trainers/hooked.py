@@ -17,7 +17,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..divergences import chunked_token_log_probs
 from ..hooks import FlawedPrefixFilter, PacedCurriculum, TokenImportance
-from ..models import head_transform
+from ..models import head_transform, last_hidden_states
 
 
 logger = logging.getLogger(__name__)
@@ -172,7 +172,7 @@ class HookedTrainerMixin:
             ids[row, width_p - len(p) : width_p + len(c)] = torch.tensor(p + c)
             mask[row, width_p - len(p) : width_p + len(c)] = 1
         ids, mask = ids.to(device), mask.to(device)
-        hidden = self._get_last_hidden_state(student, ids, mask, width_c)
+        hidden = last_hidden_states(student, ids, mask, width_c)
         completion_mask = mask[:, width_p:].bool()
         head = student.get_output_embeddings()
         scale, softcap = head_transform(student.config)
@@ -182,15 +182,21 @@ class HookedTrainerMixin:
         )
         return [chunk.tolist() for chunk in log_probs.split([len(c) for c in completions])]
 
-    def _flawed_prefix_reasons(self, prompt_ids: list[list[int]], completions: list[list[int]]) -> list[str | None]:
-        """Why each rollout is rejected (``"loop"`` / ``"perplexity"``) or ``None``; logs counts by reason."""
+    def _flawed_prefix_reasons(
+        self, prompt_ids: list[list[int]], completions: list[list[int]], log_probs: list[list[float]] | None = None
+    ) -> list[str | None]:
+        """Why each rollout is rejected (``"loop"`` / ``"perplexity"``) or ``None``; logs counts by reason.
+
+        ``log_probs``: the student's token log-probabilities of the completions, when the caller already has them.
+        """
         if self.prefix_filter is None or not completions:
             return [None] * len(completions)
-        log_probs = (
-            self._student_token_log_probs(prompt_ids, completions)
-            if self.prefix_filter.needs_log_probs
-            else [None] * len(completions)
-        )
+        if log_probs is None:
+            log_probs = (
+                self._student_token_log_probs(prompt_ids, completions)
+                if self.prefix_filter.needs_log_probs
+                else [None] * len(completions)
+            )
         reasons = [self.prefix_filter.reason(c, lp) for c, lp in zip(completions, log_probs, strict=True)]
         mode = "train" if self.model.training else "eval"
         n_rejected = sum(r is not None for r in reasons)
