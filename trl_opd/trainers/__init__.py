@@ -4,6 +4,8 @@ from .gkd import GKDTrainer
 from .gkd_config import GKDConfig
 from .minillm import MiniLLMTrainer
 from .minillm_config import MiniLLMConfig
+from .spin import SPINTrainer
+from .spin_config import SPINConfig
 
 
-__all__ = ["GKDConfig", "GKDTrainer", "MiniLLMConfig", "MiniLLMTrainer"]
+__all__ = ["GKDConfig", "GKDTrainer", "MiniLLMConfig", "MiniLLMTrainer", "SPINConfig", "SPINTrainer"]
