@@ -40,6 +40,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 from trl_opd.memory import (  # noqa: E402
+    storage_bytes,
     ALLOCATOR_OVERHEAD,
     CUDA_CONTEXT_BYTES,
     GIB,
@@ -155,17 +156,6 @@ class Meter:
                 yield
 
 
-def tensor_bytes(tensors) -> int:
-    """Bytes of distinct storages."""
-    seen, total = set(), 0
-    for t in tensors:
-        st = t.untyped_storage()
-        if st.data_ptr() not in seen:
-            seen.add(st.data_ptr())
-            total += st.nbytes()
-    return total
-
-
 def model_tensors(model, trainable: bool | None = None) -> list:
     """Parameters (optionally only trainable / only frozen) plus bitsandbytes quantization state."""
     params = [p for p in model.parameters() if trainable is None or p.requires_grad == trainable]
@@ -184,7 +174,7 @@ def model_tensors(model, trainable: bool | None = None) -> list:
 
 
 def model_bytes(model, trainable: bool | None = None) -> int:
-    return tensor_bytes(model_tensors(model, trainable))
+    return storage_bytes(model_tensors(model, trainable))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -406,13 +396,13 @@ def run(args: argparse.Namespace) -> dict:
 
     def opt_pre_hook(optimizer, *_):
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        measured["gradients"] = tensor_bytes(grads)
+        measured["gradients"] = storage_bytes(grads)
         meter.enter("optimizer")
 
     def opt_post_hook(optimizer, *_):
         meter.exit("optimizer")
         states = [v for state in optimizer.state.values() for v in state.values() if torch.is_tensor(v)]
-        measured["optimizer_states"] = tensor_bytes(states)
+        measured["optimizer_states"] = storage_bytes(states)
 
     from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 

@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny Llama models built from configs, a GPT-2 BPE-free toy tokenizer, single-threaded torch."""
+"""Shared fixtures: the tiny tasks' tokenizer and dataset; single-threaded torch, offline Hub, silent TRL."""
 
 import os
 
@@ -10,4 +10,18 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from trl_opd.tiny import addition_dataset, char_tokenizer  # noqa: E402
+
 torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def tok():
+    """The character-level tokenizer of the tiny tasks (49 tokens, left padding, a chat template)."""
+    return char_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def dataset():
+    """100 rows ``{"prompt": "a+b=", "completion": "c"}``; modules may override it with their own variant."""
+    return addition_dataset()

@@ -6,21 +6,11 @@ import pytest
 import torch
 from datasets import Dataset
 
-from trl_opd import GKDConfig, GKDTrainer, per_token_divergence
+from trl_opd import GKDTrainer, per_token_divergence
 from trl_opd.tiny import addition_dataset, char_tokenizer, tiny_llama, train_causal_lm
 from trl_opd.trainers.gkd import on_policy_mask
 
 from helpers import make_config, make_trainer
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return char_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def dataset():
-    return addition_dataset()
 
 
 class CountingGenerate:

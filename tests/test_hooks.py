@@ -10,7 +10,7 @@ import torch
 from trl_opd.hooks import FlawedPrefixFilter, PacedCurriculum, TokenImportance, importance_scores
 from trl_opd.hooks.prefix_filter import longest_loop, perplexity
 from trl_opd.hooks.token_importance import student_entropy_scores
-from trl_opd.tiny import addition_dataset, char_tokenizer, tiny_llama
+from trl_opd.tiny import tiny_llama
 
 from helpers import make_trainer
 
@@ -99,16 +99,6 @@ def test_filter_reasons():
 
 
 # ------------------------------------------------------------------------------------------- hooks inside GKDTrainer
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return char_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def dataset():
-    return addition_dataset()
 
 
 def looping_student(tok, token="7"):

@@ -37,6 +37,7 @@ from trl_opd.memory import (
     no_grad_forward_bytes_per_token,
     predict,
     recipe,
+    storage_bytes,
     weight_bytes,
 )
 
@@ -51,16 +52,6 @@ def tiny_config(**overrides) -> LlamaConfig:
     )  # fmt: skip
     values.update(overrides)
     return LlamaConfig(**values)
-
-
-def storage_bytes(tensors) -> int:
-    seen, total = set(), 0
-    for t in tensors:
-        st = t.untyped_storage()
-        if st.data_ptr() not in seen:
-            seen.add(st.data_ptr())
-            total += st.nbytes()
-    return total
 
 
 def shape_of(config) -> ModelShape:

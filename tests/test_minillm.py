@@ -10,7 +10,7 @@ from trl_opd import MiniLLMConfig, MiniLLMTrainer
 from trl_opd.evaluation import mean_divergence, mean_token_log_prob, sample
 from trl_opd.hooks import FlawedPrefixFilter, TokenImportance
 from trl_opd.policy_gradient import minillm_advantages, reinforce_gradient_magnitude, rewards_to_go, token_rewards
-from trl_opd.tiny import addition_dataset, char_tokenizer, tiny_llama, train_causal_lm
+from trl_opd.tiny import addition_dataset, tiny_llama, train_causal_lm
 
 # ------------------------------------------------------------------------------------------- the tutorial's numbers
 
@@ -161,11 +161,6 @@ def test_mode_seeking_on_a_bimodal_teacher():
 
 
 # ------------------------------------------------------------------------------------------------------ the trainer
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return char_tokenizer()
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from trl import DPOConfig, DPOTrainer
 
 from trl_opd.evaluation import sample
 from trl_opd.hooks import FlawedPrefixFilter
-from trl_opd.tiny import addition_dataset, char_tokenizer, tiny_llama, train_causal_lm
+from trl_opd.tiny import addition_dataset, tiny_llama, train_causal_lm
 from trl_opd.trainers.spin import (
     SPINTrainer,
     format_round_table,
@@ -29,11 +29,6 @@ from trl_opd.trainers.spin_config import SPINConfig
 
 
 LN2 = math.log(2)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return char_tokenizer()
 
 
 @pytest.fixture(scope="module")

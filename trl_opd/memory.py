@@ -974,6 +974,17 @@ def recipe(name: str) -> tuple[ModelShape, ModelShape, TrainingPlan]:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+def storage_bytes(tensors) -> int:
+    """Bytes of the distinct storages behind ``tensors`` (views and tied weights are counted once)."""
+    seen, total = set(), 0
+    for tensor in tensors:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in seen:
+            seen.add(storage.data_ptr())
+            total += storage.nbytes()
+    return total
+
+
 class LiveTensorMeter:
     """Peak bytes of live tensors created inside a ``with`` block, on any device: the CPU analogue of
     ``torch.cuda.max_memory_allocated`` (without the allocator's rounding).
