@@ -8,7 +8,8 @@ resident size once the inputs (hidden states and lm_head weights) exist: what th
 median of --repeats forward+backward passes after one warm-up. Implementations (all generalized JSD, beta=0.5):
 
 * ``ours dense``     trl_opd.divergences.per_token_divergence on full (N, V) logits
-* ``ours chunked``   trl_opd.divergences.chunked_per_token_divergence on hidden states
+* ``ours chunked``   trl_opd.divergences.chunked_per_token_divergence on hidden states (backward recomputes chunks)
+* ``ours fused``     trl_opd.divergences.chunked_divergence_loss (gradient computed in the forward pass)
 * ``TRL GKD``        trl.experimental.gkd.GKDTrainer.generalized_jsd_loss on full logits
 * ``TRL chunked``    trl.kernels.chunked_divergence.ChunkedDivergenceFunction (plain-torch CPU path)
 """
@@ -24,7 +25,7 @@ import subprocess
 import sys
 import time
 
-IMPLEMENTATIONS = ("ours dense", "ours chunked", "TRL GKD", "TRL chunked")
+IMPLEMENTATIONS = ("ours dense", "ours chunked", "ours fused", "TRL GKD", "TRL chunked")
 
 
 def rss_mib() -> float:
@@ -37,7 +38,7 @@ def measure(impl: str, vocab: int, tokens: int, hidden: int, repeats: int) -> di
     import torch
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    from trl_opd.divergences import chunked_per_token_divergence, per_token_divergence
+    from trl_opd.divergences import chunked_divergence_loss, chunked_per_token_divergence, per_token_divergence
 
     torch.manual_seed(0)
     h_s = (torch.randn(tokens, hidden) / hidden**0.5).requires_grad_()
@@ -51,6 +52,9 @@ def measure(impl: str, vocab: int, tokens: int, hidden: int, repeats: int) -> di
     elif impl == "ours chunked":
         def step():
             return chunked_per_token_divergence(h_s, h_t, w_s, w_t, "jsd", 0.5).mean()
+    elif impl == "ours fused":
+        def step():
+            return chunked_divergence_loss(h_s, h_t, w_s, w_t, "jsd", 0.5, normalizer=tokens)[0]
     elif impl == "TRL GKD":
         from trl.experimental.gkd import GKDTrainer
 
@@ -86,7 +90,7 @@ def main():
     parser.add_argument("--tokens", type=int, nargs="+", default=[512, 2048])
     parser.add_argument("--hidden", type=int, default=896)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--impl", nargs="+", default=list(IMPLEMENTATIONS))
+    parser.add_argument("--impl", nargs="+", default=list(IMPLEMENTATIONS), choices=IMPLEMENTATIONS)
     parser.add_argument("--_child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._child:

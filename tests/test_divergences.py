@@ -689,3 +689,30 @@ def test_mode_covering_versus_mode_seeking_on_a_family_that_cannot_fit_the_teach
     assert (fkl_u, fkl_p) == (pytest.approx(0.368064, abs=1e-5), pytest.approx(0.702556, abs=1e-5))
     assert (rkl_u, rkl_p) == (pytest.approx(0.510826, abs=1e-5), pytest.approx(0.430729, abs=1e-5))
     assert fkl_u < fkl_p and rkl_p < rkl_u
+
+
+@pytest.mark.parametrize("divergence", ["fkl", "rkl", "jsd", "tvd"])
+def test_fused_loss_equals_the_per_token_path(divergence):
+    from trl_opd.divergences import chunked_divergence_loss
+
+    torch.manual_seed(3)
+    h_s = torch.randn(37, 8, requires_grad=True)
+    w_s = torch.randn(23, 8, requires_grad=True)
+    b_s = torch.randn(23, requires_grad=True)
+    h_t, w_t = torch.randn(37, 12), torch.randn(23, 12)
+    weights = torch.rand(37)
+    weights[::3] = 0.0
+    reference = (
+        chunked_per_token_divergence(h_s, h_t, w_s, w_t, divergence, 0.3, 1.3, student_bias=b_s, chunk_size=5)
+        * weights
+    ).sum() / 7.0
+    expected = torch.autograd.grad(reference, [h_s, w_s, b_s])
+    loss, values, entropy = chunked_divergence_loss(h_s, h_t, w_s, w_t, divergence, 0.3, 1.3, student_bias=b_s,
+                                                    token_weights=weights, normalizer=7.0, chunk_size=5)
+    got = torch.autograd.grad(3.0 * loss, [h_s, w_s, b_s])  # the upstream gradient scales the stored one
+    assert loss.item() == pytest.approx(reference.item(), rel=1e-5, abs=1e-7)
+    for e, g in zip(expected, got, strict=True):
+        torch.testing.assert_close(g, 3.0 * e, atol=1e-5, rtol=1e-5)
+    dense = per_token_divergence(h_s @ w_s.T + b_s, h_t @ w_t.T, divergence, 0.3, 1.3)
+    torch.testing.assert_close(values, dense.detach(), atol=1e-5, rtol=1e-5)
+    assert not values.requires_grad and not entropy.requires_grad

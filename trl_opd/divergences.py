@@ -186,33 +186,85 @@ class _ChunkedDivergence(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out, _grad_entropy, _grad_teacher_entropy):
         h_s, w_s, b_s, h_t, w_t, b_t = ctx.saved_tensors
-        spec = ctx.spec
-        need_h, need_w, need_b = ctx.needs_input_grad[:3]
-        grad_h = torch.zeros_like(h_s, dtype=torch.float32) if need_h else None
-        grad_w = torch.zeros_like(w_s, dtype=torch.float32) if need_w else None
-        grad_b = torch.zeros_like(b_s, dtype=torch.float32) if need_b else None
-        if grad_out is None or not (need_h or need_w or need_b):
+        needs = ctx.needs_input_grad[:3]
+        if grad_out is None or not any(needs):
             return None, None, None, None, None, None, None
+        grads = _GradientAccumulator(h_s, w_s, b_s, needs)
         # Only rows with a non-zero upstream gradient are recomputed (hard token selection saves the backward there).
         active = grad_out.nonzero().squeeze(-1)
-        w_leaf = w_s.detach().requires_grad_(need_w)
-        b_leaf = b_s.detach().requires_grad_(need_b) if b_s is not None else None
-        for start in range(0, active.numel(), spec.chunk):
-            idx = active[start : start + spec.chunk]
-            h_leaf = h_s[idx].detach().requires_grad_(need_h)
-            with torch.enable_grad():
-                log_p_s, log_p_t = spec.log_probs(h_leaf, w_leaf, b_leaf, h_t[idx], w_t, b_t)
-                values = divergence_from_log_probs(log_p_s, log_p_t, spec.divergence, spec.beta)
-                wanted = [t for t, need in ((h_leaf, need_h), (w_leaf, need_w), (b_leaf, need_b)) if need]
-                grads = iter(torch.autograd.grad(values, wanted, grad_out[idx].float()))
-            if need_h:
-                grad_h.index_add_(0, idx, next(grads).float())
-            if need_w:
-                grad_w += next(grads).float()
-            if need_b:
-                grad_b += next(grads).float()
-        cast = lambda g, ref: None if g is None else g.to(ref.dtype)  # noqa: E731
-        return cast(grad_h, h_s), cast(grad_w, w_s), cast(grad_b, b_s), None, None, None, None
+        for start in range(0, active.numel(), ctx.spec.chunk):
+            idx = active[start : start + ctx.spec.chunk]
+            grads.add_chunk(ctx.spec, idx, grad_out[idx].float(), h_t, w_t, b_t)
+        return (*grads.result(), None, None, None, None)
+
+
+class _GradientAccumulator:
+    """float32 gradients of the student's hidden states, head weight and bias, accumulated one chunk at a time."""
+
+    def __init__(self, h_s, w_s, b_s, needs):
+        self.h_s, self.w_s, self.b_s = h_s, w_s, b_s
+        self.need_h, self.need_w, self.need_b = needs
+        self.grad_h = torch.zeros_like(h_s, dtype=torch.float32) if self.need_h else None
+        self.grad_w = torch.zeros_like(w_s, dtype=torch.float32) if self.need_w else None
+        self.grad_b = torch.zeros_like(b_s, dtype=torch.float32) if self.need_b else None
+        self.w_leaf = w_s.detach().requires_grad_(self.need_w)
+        self.b_leaf = b_s.detach().requires_grad_(self.need_b) if b_s is not None else None
+
+    def add_chunk(self, spec, idx, upstream, h_t, w_t, b_t):
+        """Recompute rows ``idx`` with autograd, add ``Σ upstream · ∇D`` to the gradients; return the detached
+        ``(values, log_p_s, log_p_t)`` of those rows."""
+        h_leaf = self.h_s[idx].detach().requires_grad_(self.need_h)
+        with torch.enable_grad():
+            log_p_s, log_p_t = spec.log_probs(h_leaf, self.w_leaf, self.b_leaf, h_t[idx], w_t, b_t)
+            values = divergence_from_log_probs(log_p_s, log_p_t, spec.divergence, spec.beta)
+            pairs = ((h_leaf, self.need_h), (self.w_leaf, self.need_w), (self.b_leaf, self.need_b))
+            wanted = [t for t, need in pairs if need]
+            grads = iter(torch.autograd.grad(values, wanted, upstream) if wanted else ())
+        if self.need_h:
+            self.grad_h.index_add_(0, idx, next(grads).float())
+        if self.need_w:
+            self.grad_w += next(grads).float()
+        if self.need_b:
+            self.grad_b += next(grads).float()
+        return values.detach(), log_p_s.detach(), log_p_t.detach()
+
+    def result(self, scale: torch.Tensor | None = None):
+        def cast(grad, ref):
+            if grad is None:
+                return None
+            return (grad if scale is None else grad * scale).to(ref.dtype)
+
+        return cast(self.grad_h, self.h_s), cast(self.grad_w, self.w_s), cast(self.grad_b, self.b_s)
+
+
+class _FusedChunkedDivergenceLoss(torch.autograd.Function):
+    """``Σ_n w_n · D_n / normalizer`` with its gradient computed during the forward pass, one chunk at a time.
+
+    When the per-token weights are known before the forward pass, the backward pass only scales the stored gradients:
+    each chunk is projected once instead of twice (the recompute path projects it again in the backward pass).
+    """
+
+    @staticmethod
+    def forward(ctx, h_s, w_s, b_s, h_t, w_t, b_t, weights, normalizer, spec):
+        n = h_s.shape[0]
+        needs = (h_s.requires_grad, w_s.requires_grad, b_s is not None and b_s.requires_grad)
+        grads = _GradientAccumulator(h_s, w_s, b_s, needs)
+        values = torch.empty(n, device=h_s.device, dtype=torch.float32)
+        entropy = torch.empty(n, device=h_s.device, dtype=torch.float32)
+        scale = weights.float() / normalizer
+        for start in range(0, n, spec.chunk):
+            idx = torch.arange(start, min(start + spec.chunk, n), device=h_s.device)
+            chunk_values, log_p_s, _ = grads.add_chunk(spec, idx, scale[idx], h_t, w_t, b_t)
+            values[idx] = chunk_values
+            entropy[idx] = -(log_p_s.exp() * log_p_s).sum(-1)
+        ctx.grads = grads
+        ctx.mark_non_differentiable(values, entropy)
+        return (values * scale).sum(), values, entropy
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_values, _grad_entropy):
+        grads = ctx.grads.result(grad_loss.float())
+        return (*grads, None, None, None, None, None, None)
 
 
 class _ChunkSpec:
@@ -238,6 +290,47 @@ class _ChunkSpec:
         with torch.no_grad():
             z_t = self._logits(h_t, w_t, b_t, self.teacher_transform)
         return _safe_log_softmax(z_s, self.temperature), _safe_log_softmax(z_t, self.temperature)
+
+
+def _make_spec(
+    student_hidden, teacher_hidden, student_weight, teacher_weight, divergence, beta, temperature,
+    student_logit_scale, teacher_logit_scale, student_softcap, teacher_softcap, vocab_size, chunk_size,
+    return_teacher_entropy,
+) -> tuple[_ChunkSpec, int]:
+    """Validate the arguments of the chunked functions (errors name the fix) and build their :class:`_ChunkSpec`."""
+    check_divergence(divergence, beta)
+    _check_temperature(temperature)
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive number of rows, got {chunk_size}.")
+    if student_hidden.shape[0] != teacher_hidden.shape[0]:
+        raise ValueError(
+            f"Student and teacher hidden states have {student_hidden.shape[0]} and {teacher_hidden.shape[0]} rows; "
+            "they must be the same token positions."
+        )
+    if vocab_size is None:
+        if student_weight.shape[0] != teacher_weight.shape[0]:
+            raise ValueError(
+                f"The student head has {student_weight.shape[0]} rows and the teacher head {teacher_weight.shape[0]}. "
+                "Pass vocab_size=len(tokenizer) to compare the shared vocabulary."
+            )
+        vocab_size = student_weight.shape[0]
+    if not 0 < vocab_size <= min(student_weight.shape[0], teacher_weight.shape[0]):
+        raise ValueError(
+            f"vocab_size={vocab_size} must be in [1, rows of the smaller head]; the heads have "
+            f"{student_weight.shape[0]} and {teacher_weight.shape[0]} rows."
+        )
+    chunk = chunk_size if chunk_size is not None else max(1, DEFAULT_TILE_ELEMENTS // vocab_size)
+    spec = _ChunkSpec(
+        divergence,
+        beta,
+        temperature,
+        chunk,
+        vocab_size,
+        make_logit_transform(student_logit_scale, student_softcap),
+        make_logit_transform(teacher_logit_scale, teacher_softcap),
+        return_teacher_entropy,
+    )
+    return spec, vocab_size
 
 
 def chunked_per_token_divergence(
@@ -288,36 +381,9 @@ def chunked_per_token_divergence(
         ``(N,)`` float32 divergences (weighted when ``token_weights`` is given), then, when asked, the ``(N,)`` student
         entropies and the ``(N,)`` teacher entropies, in that order.
     """
-    check_divergence(divergence, beta)
-    _check_temperature(temperature)
-    if chunk_size is not None and chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive number of rows, got {chunk_size}.")
-    if student_hidden.shape[0] != teacher_hidden.shape[0]:
-        raise ValueError(
-            f"Student and teacher hidden states have {student_hidden.shape[0]} and {teacher_hidden.shape[0]} rows; "
-            "they must be the same token positions."
-        )
-    if vocab_size is None:
-        if student_weight.shape[0] != teacher_weight.shape[0]:
-            raise ValueError(
-                f"The student head has {student_weight.shape[0]} rows and the teacher head {teacher_weight.shape[0]}. "
-                "Pass vocab_size=len(tokenizer) to compare the shared vocabulary."
-            )
-        vocab_size = student_weight.shape[0]
-    if not 0 < vocab_size <= min(student_weight.shape[0], teacher_weight.shape[0]):
-        raise ValueError(
-            f"vocab_size={vocab_size} must be in [1, rows of the smaller head]; the heads have "
-            f"{student_weight.shape[0]} and {teacher_weight.shape[0]} rows."
-        )
-    chunk = chunk_size if chunk_size is not None else max(1, DEFAULT_TILE_ELEMENTS // vocab_size)
-    spec = _ChunkSpec(
-        divergence,
-        beta,
-        temperature,
-        chunk,
-        vocab_size,
-        make_logit_transform(student_logit_scale, student_softcap),
-        make_logit_transform(teacher_logit_scale, teacher_softcap),
+    spec, vocab_size = _make_spec(
+        student_hidden, teacher_hidden, student_weight, teacher_weight, divergence, beta, temperature,
+        student_logit_scale, teacher_logit_scale, student_softcap, teacher_softcap, vocab_size, chunk_size,
         return_teacher_entropy,
     )
     values, entropy, teacher_entropy = _ChunkedDivergence.apply(
@@ -328,6 +394,49 @@ def chunked_per_token_divergence(
         values = values * token_weights.to(values.dtype)
     extras = (entropy,) * return_entropy + (teacher_entropy,) * return_teacher_entropy
     return (values, *extras) if extras else values
+
+
+def chunked_divergence_loss(
+    student_hidden: torch.Tensor,
+    teacher_hidden: torch.Tensor,
+    student_weight: torch.Tensor,
+    teacher_weight: torch.Tensor,
+    divergence: str = "jsd",
+    beta: float = 0.5,
+    temperature: float = 1.0,
+    *,
+    token_weights: torch.Tensor | None = None,
+    normalizer: float | torch.Tensor = 1.0,
+    student_bias: torch.Tensor | None = None,
+    teacher_bias: torch.Tensor | None = None,
+    student_logit_scale: float = 1.0,
+    teacher_logit_scale: float = 1.0,
+    student_softcap: float | None = None,
+    teacher_softcap: float | None = None,
+    vocab_size: int | None = None,
+    chunk_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The loss ``Σ_n w_n · D_n / normalizer`` in one pass: its gradient is computed chunk by chunk in the forward pass.
+
+    Same value and gradients as ``(chunked_per_token_divergence(...) * token_weights).sum() / normalizer``, but each
+    chunk of logits is projected once (the per-token function projects it again in its backward pass). Use it when the
+    weights are known before the forward pass (without token-importance weighting, or with fixed weights).
+
+    Returns:
+        ``(loss, values, student_entropy)``: the scalar loss (differentiable), and the ``(N,)`` per-token divergences
+        and student entropies (detached), e.g. for logging or a curriculum.
+    """
+    spec, vocab_size = _make_spec(
+        student_hidden, teacher_hidden, student_weight, teacher_weight, divergence, beta, temperature,
+        student_logit_scale, teacher_logit_scale, student_softcap, teacher_softcap, vocab_size, chunk_size, False,
+    )
+    if token_weights is None:
+        token_weights = torch.ones(student_hidden.shape[0], device=student_hidden.device)
+    normalizer = normalizer.to(student_hidden.device).float() if torch.is_tensor(normalizer) else float(normalizer)
+    return _FusedChunkedDivergenceLoss.apply(
+        student_hidden, student_weight, student_bias, teacher_hidden.detach(), teacher_weight.detach(),
+        None if teacher_bias is None else teacher_bias.detach(), token_weights.detach(), normalizer, spec,
+    )
 
 
 @torch.no_grad()

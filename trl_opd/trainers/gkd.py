@@ -16,7 +16,7 @@ from trl.models.utils import unwrap_model_for_generation
 from trl.trainer.utils import pad
 
 from ..data import cut_after_first_eos, is_empty_completion, prepare_prompt_completion_dataset
-from ..divergences import chunked_per_token_divergence
+from ..divergences import chunked_divergence_loss, chunked_per_token_divergence
 from ..models import disable_bnb_cpu_weight_repacking, head_transform, load_teacher, shared_vocab_size
 from .gkd_config import GKDConfig
 from .hooked import HookedTrainerMixin
@@ -397,14 +397,9 @@ class GKDTrainer(HookedTrainerMixin, DistillationTrainer):
         loss_mask = loss_mask.to(device)
         h_s = student_hidden.to(device)[loss_mask]
         h_t = teacher_hidden.to(device)[loss_mask]
-        values, entropy, *teacher_entropy = chunked_per_token_divergence(
-            h_s,
-            h_t,
-            student_head.weight,
-            teacher_head.weight,
-            self.divergence,
-            self.beta,
-            self.temperature,
+        n_valid = loss_mask.sum()
+        normalizer = n_valid.clamp(min=1) if num_items_in_batch is None else num_items_in_batch
+        head_kwargs = dict(
             student_bias=student_head.bias,
             teacher_bias=teacher_head.bias,
             student_logit_scale=self._student_head[0],
@@ -412,22 +407,22 @@ class GKDTrainer(HookedTrainerMixin, DistillationTrainer):
             teacher_logit_scale=self._teacher_head[0],
             teacher_softcap=self._teacher_head[1],
             vocab_size=self.vocab_size,
-            return_entropy=True,
-            return_teacher_entropy=self.token_importance is not None,
         )
+        args = (h_s, h_t, student_head.weight, teacher_head.weight, self.divergence, self.beta, self.temperature)
+        if self.token_importance is None:
+            # Weights known up front (all 1): gradients computed in the forward pass, each chunk projected once.
+            loss, values, entropy = chunked_divergence_loss(*args, normalizer=normalizer, **head_kwargs)
+        else:
+            # TIP weights depend on the divergences: per-token values first, the backward skips weight-0 tokens.
+            values, entropy, teacher_entropy = chunked_per_token_divergence(
+                *args, return_entropy=True, return_teacher_entropy=True, **head_kwargs
+            )
+            weights = self._token_importance_weights(values, teacher_entropy, entropy)
+            loss = (values * weights).sum() / normalizer
         if not torch.isfinite(values).all():
             raise FloatingPointError(
                 "The divergence is not finite: the student or teacher produced NaN/inf logits (check the learning "
                 "rate, fp16 overflow, or a teacher that gives zero probability to the student's tokens under 'fkl')."
             )
         self._curriculum_divergence_observations(inputs, loss_mask, values)
-        weights = self._token_importance_weights(values, teacher_entropy[0] if teacher_entropy else None, entropy)
-        if weights is not None:
-            values = values * weights
-        n_valid = loss_mask.sum()
-        loss = values.sum()
-        if num_items_in_batch is None:
-            loss = loss / n_valid.clamp(min=1)
-        else:
-            loss = loss / (num_items_in_batch.to(device) if torch.is_tensor(num_items_in_batch) else num_items_in_batch)
         return loss, entropy.sum().detach(), n_valid
