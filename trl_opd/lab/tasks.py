@@ -1,0 +1,118 @@
+"""The lab's synthetic tasks, whose optimum is known, and their exact metrics.
+
+* :class:`ChainTask` (task b): prompt = two digits ``x0 x1`` over ``K`` digits, completion = ``T`` digits with
+  ``x_t = (x_{t-1} + 2 x_{t-2}) mod K``. One wrong digit derails everything after it (the next digits follow the rule
+  from the wrong pair). The teacher (2 layers) learns it; the small student (1 layer, hidden 16) cannot exactly.
+* :class:`BimodalTask` (task a): prompt ``"?"``, exactly two valid continuations ``"ab"`` and ``"ba"`` (50 % each).
+  Mass on each mode and "between" (every other first two tokens) is computed exactly from the model's probabilities.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from datasets import Dataset
+
+from ..evaluation import sample
+from ..tiny import char_tokenizer, tiny_llama, train_causal_lm
+
+
+def tokenizer():
+    return char_tokenizer()
+
+
+@dataclass
+class ChainTask:
+    K: int = 5
+
+    @property
+    def digits(self) -> str:
+        return "0123456789"[: self.K]
+
+    def prompts(self) -> list[str]:
+        return [a + b for a in self.digits for b in self.digits]
+
+    def completion(self, prompt: str, T: int) -> str:
+        seq = [int(c) for c in prompt]
+        for _ in range(T):
+            seq.append((seq[-1] + 2 * seq[-2]) % self.K)
+        return "".join(map(str, seq[2:]))
+
+    def dataset(self, T: int) -> Dataset:
+        return Dataset.from_list([{"prompt": p, "completion": self.completion(p, T)} for p in self.prompts()])
+
+    def score(self, prompts: list[str], completions: list[str], T: int) -> dict[str, float]:
+        """Sequence error (any wrong or missing digit among the first T), per-token error (each digit against the rule
+        applied to the two symbols before it, *including the model's own*), and Hamming errors against the reference."""
+        seq_wrong, tok_wrong, hamming = 0, 0, 0
+        for prompt, text in zip(prompts, completions, strict=True):
+            text = text[:T]
+            reference = self.completion(prompt, T)
+            full = prompt + text
+            local = 0
+            for t in range(T):
+                if t >= len(text) or text[t] not in self.digits:
+                    local += 1
+                    continue
+                a, b = full[t], full[t + 1]
+                if not (a in self.digits and b in self.digits) or int(text[t]) != (int(b) + 2 * int(a)) % self.K:
+                    local += 1
+            ham = sum(1 for t in range(T) if t >= len(text) or text[t] != reference[t])
+            seq_wrong += ham > 0
+            tok_wrong += local
+            hamming += ham
+        n = len(prompts)
+        return {"sequence_error": seq_wrong / n, "token_error": tok_wrong / (n * T), "hamming": hamming / n}
+
+
+def sample_texts(model, tok, prompts: list[str], max_new_tokens: int, n_per_prompt: int, seed: int) -> tuple[list, list]:
+    """``n_per_prompt`` completions per prompt at temperature 1 (decoded without special tokens)."""
+    all_prompts = [p for p in prompts for _ in range(n_per_prompt)]
+    ids = [tok(p, add_special_tokens=False)["input_ids"] for p in all_prompts]
+    torch.manual_seed(seed)
+    out = sample(model, ids, pad_token_id=tok.pad_token_id, eos_token_ids=[tok.eos_token_id],
+                 max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, do_sample=True, temperature=1.0,
+                 top_k=0)
+    return all_prompts, tok.batch_decode(out, skip_special_tokens=True)
+
+
+@dataclass
+class BimodalTask:
+    prompt: str = "?"
+    modes: tuple[str, str] = ("ab", "ba")
+
+    def texts(self) -> list[str]:
+        return [self.prompt + m for m in self.modes]
+
+    def dataset(self, rows: int = 32) -> Dataset:
+        return Dataset.from_list([{"prompt": self.prompt, "completion": self.modes[i % 2]} for i in range(rows)])
+
+    @torch.no_grad()
+    def mass(self, model, tok) -> dict[str, float]:
+        """Exact probability of each mode's two tokens, and of everything else ("between")."""
+        model.eval()
+        device = next(model.parameters()).device
+        p_ids = tok(self.prompt, add_special_tokens=False)["input_ids"]
+        first = model(input_ids=torch.tensor([p_ids], device=device)).logits[0, -1].float().softmax(-1)
+        out = {}
+        for name, mode in zip(("mode_1", "mode_2"), self.modes, strict=True):
+            a, b = tok(mode, add_special_tokens=False)["input_ids"]
+            second = model(input_ids=torch.tensor([p_ids + [a]], device=device)).logits[0, -1].float().softmax(-1)
+            out[name] = (first[a] * second[b]).item()
+        out["between"] = max(0.0, 1.0 - out["mode_1"] - out["mode_2"])
+        out["top_mode"] = max(out["mode_1"], out["mode_2"])
+        return out
+
+
+def make_teacher(tok, texts: list[str], steps: int, seed: int = 0, hidden_size: int = 64, num_layers: int = 2,
+                 lr: float = 3e-3):
+    model = tiny_llama(len(tok), tokenizer=tok, hidden_size=hidden_size, num_layers=num_layers, seed=1000 + seed)
+    losses = train_causal_lm(model, tok, texts, steps=steps, lr=lr, batch_size=32, seed=seed)
+    model.requires_grad_(False)
+    return model, losses
+
+
+def make_student(tok, seed: int, hidden_size: int = 16, num_layers: int = 1, num_heads: int = 2):
+    return tiny_llama(len(tok), tokenizer=tok, hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads,
+                      seed=100 + seed)
