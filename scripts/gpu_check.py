@@ -363,36 +363,18 @@ def run(args: argparse.Namespace) -> dict:
             with meter.section("training"):
                 return super().training_step(*a, **k)
 
-    class _Mark(torch.autograd.Function):
-        """Identity whose backward opens (or closes) the 'loss_backward' section."""
+    # GKDTrainer computes the loss and its gradient in one pass (trl_opd.divergences.chunked_divergence_loss): the
+    # loss chunks' peak is the live-memory increase during that call.
+    original_loss = gkd_module.chunked_divergence_loss
 
-        @staticmethod
-        def forward(ctx, x, action):
-            ctx.action = action
-            return x.view_as(x)
-
-        @staticmethod
-        def backward(ctx, grad):
-            if ctx.action == "enter":
-                loss_backward_base.append(meter.now())
-                meter.enter("loss_backward")
-            else:
-                delta = meter.exit("loss_backward") - loss_backward_base.pop()
-                meter.peaks["loss_backward_delta"] = max(meter.peaks.get("loss_backward_delta", 0), delta)
-            return grad, None
-
-    loss_backward_base: list[int] = []
-    original_divergence = gkd_module.chunked_per_token_divergence
-
-    def measured_divergence(h_s, h_t, *a, **k):
+    def measured_loss(*a, **k):
         before = meter.now()
-        with meter.section("loss_forward"):
-            out = original_divergence(_Mark.apply(h_s, "exit"), h_t, *a, **k)
-        delta = meter.peaks["loss_forward"] - before
-        meter.peaks["loss_forward_delta"] = max(meter.peaks.get("loss_forward_delta", 0), delta)
-        return (_Mark.apply(out[0], "enter"), *out[1:])
+        with meter.section("loss"):
+            out = original_loss(*a, **k)
+        meter.peaks["loss_delta"] = max(meter.peaks.get("loss_delta", 0), meter.peaks["loss"] - before)
+        return out
 
-    gkd_module.chunked_per_token_divergence = measured_divergence
+    gkd_module.chunked_divergence_loss = measured_loss
 
     def opt_pre_hook(optimizer, *_):
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
@@ -422,7 +404,7 @@ def run(args: argparse.Namespace) -> dict:
                 trainer.train()
             train_seconds = time.perf_counter() - start
     finally:
-        gkd_module.chunked_per_token_divergence = original_divergence
+        gkd_module.chunked_divergence_loss = original_loss
         for hook in hooks:
             hook.remove()
 
@@ -436,7 +418,7 @@ def run(args: argparse.Namespace) -> dict:
         ("teacher weights", estimate.parts["teacher_weights"], measured["teacher_weights"]),
         ("activations (saved)", estimate.parts["activations"], meter.peaks.get("activations_saved")),
         ("teacher forward", estimate.parts["teacher_forward"], meter.peaks.get("teacher_forward_delta")),
-        ("loss chunks (backward)", estimate.parts["loss_chunks"], meter.peaks.get("loss_backward_delta")),
+        ("loss chunks", estimate.parts["loss_chunks"], meter.peaks.get("loss_delta")),
         ("KV cache + prefill", estimate.parts["kv_cache"] + estimate.parts["generation_workspace"],
          meter.peaks["generation"] - persistent_measured if "generation" in meter.peaks else None),
         ("phase: generation", estimate.phase_bytes("generation"), meter.peaks.get("generation")),

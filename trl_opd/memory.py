@@ -81,8 +81,9 @@ DIVERGENCES = ("jsd", "fkl", "rkl", "tvd")
 
 #: Rows × vocabulary of one float32 loss tile, as in :mod:`trl_opd.divergences` (64 MiB).
 DEFAULT_TILE_ELEMENTS = 2**24
-#: Peak of the chunked divergence's backward pass, in (rows × V) float32 tiles, measured with
-#: :class:`LiveTensorMeter` (steady state over many chunks; the forward pass peaks at 7 tiles).
+#: Peak of the chunked loss in (rows × V) float32 tiles, measured with :class:`LiveTensorMeter`: the fused loss pass
+#: that GKDTrainer runs (value and gradient together) and the per-token path's backward agree at one chunk (JSD 11,
+#: the others 7-8); with many small chunks the fused pass holds about one more tile (checked in tests/test_memory.py).
 LOSS_TILES = {"jsd": 11.0, "fkl": 8.0, "rkl": 8.0, "tvd": 8.0}
 LOSS_FORWARD_TILES = 7.0
 NF4_BLOCKSIZE = 64  # bitsandbytes' default for 4-bit weights: one absmax per 64 weights
