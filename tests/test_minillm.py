@@ -10,7 +10,7 @@ from trl_opd import MiniLLMConfig, MiniLLMTrainer
 from trl_opd.evaluation import mean_divergence, mean_token_log_prob, sample
 from trl_opd.hooks import FlawedPrefixFilter, TokenImportance
 from trl_opd.policy_gradient import minillm_advantages, reinforce_gradient_magnitude, rewards_to_go, token_rewards
-from trl_opd.tiny import addition_dataset, tiny_llama, train_causal_lm
+from trl_opd.tiny import addition_dataset, char_tokenizer, tiny_llama, train_causal_lm
 
 # ------------------------------------------------------------------------------------------- the tutorial's numbers
 
@@ -312,4 +312,12 @@ def test_config_and_input_errors(tmp_path, tok, dataset, teacher):
                        train_dataset=dataset.rename_column("prompt", "question"), processing_class=tok)
     with pytest.raises(ValueError, match="Vocabulary mismatch"):
         MiniLLMTrainer(model=tiny_llama(len(tok), tokenizer=tok), teacher_model=tiny_llama(30), args=config(tmp_path),
+                       train_dataset=dataset, processing_class=tok)
+
+
+def test_right_padding_is_refused(tmp_path, dataset, teacher):
+    tok = char_tokenizer()
+    tok.padding_side = "right"
+    with pytest.raises(ValueError, match="padding_side = 'left'"):
+        MiniLLMTrainer(model=tiny_llama(len(tok), tokenizer=tok), teacher_model=teacher, args=config(tmp_path),
                        train_dataset=dataset, processing_class=tok)

@@ -17,7 +17,13 @@ from trl.trainer.utils import pad
 
 from ..data import cut_after_first_eos, is_empty_completion, prepare_prompt_completion_dataset
 from ..divergences import chunked_divergence_loss, chunked_per_token_divergence
-from ..models import disable_bnb_cpu_weight_repacking, head_transform, load_teacher, shared_vocab_size
+from ..models import (
+    check_left_padding,
+    disable_bnb_cpu_weight_repacking,
+    head_transform,
+    load_teacher,
+    shared_vocab_size,
+)
 from .gkd_config import GKDConfig
 from .hooked import HookedTrainerMixin
 
@@ -132,11 +138,7 @@ class GKDTrainer(HookedTrainerMixin, DistillationTrainer):
             teacher_model = args.teacher_model_name_or_path
         if teacher_model is None:
             raise ValueError("GKDTrainer needs a teacher: pass teacher_model= or set teacher_model_name_or_path.")
-        if processing_class is not None and getattr(processing_class, "padding_side", "left") != "left":
-            raise ValueError(
-                f"The tokenizer pads on the {processing_class.padding_side!r}; generation needs left padding. Load it "
-                "with AutoTokenizer.from_pretrained(path, padding_side='left') or set tokenizer.padding_side = 'left'."
-            )
+        check_left_padding(processing_class)
         needs_completion = args.needs_dataset_completions
         train_dataset = prepare_prompt_completion_dataset(train_dataset, "train_dataset", needs_completion)
         train_dataset = self._init_hooks(train_dataset, token_importance, prefix_filter, curriculum, success_func)

@@ -14,6 +14,7 @@ from trl import GRPOTrainer
 
 from ..divergences import chunked_per_token_divergence, chunked_token_log_probs
 from ..models import (
+    check_left_padding,
     disable_bnb_cpu_weight_repacking,
     head_transform,
     last_hidden_states,
@@ -110,11 +111,7 @@ class MiniLLMTrainer(HookedTrainerMixin, GRPOTrainer):
             raise TypeError(f"args must be a trl_opd.MiniLLMConfig, got {type(args).__name__}.")
         if teacher_model is None:
             raise ValueError("MiniLLMTrainer needs a teacher_model (a path or a PreTrainedModel).")
-        if processing_class is not None and getattr(processing_class, "padding_side", "left") != "left":
-            raise ValueError(
-                f"The tokenizer pads on the {processing_class.padding_side!r}; generation needs left padding. Set "
-                "tokenizer.padding_side = 'left'."
-            )
+        check_left_padding(processing_class)
         if reward_funcs is None:
             reward_funcs = []
         elif not isinstance(reward_funcs, list):
