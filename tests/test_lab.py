@@ -6,8 +6,8 @@ import math
 import pytest
 
 from trl_opd.cli import main
-from trl_opd.lab.experiments import SIZES, Lab, LabSize, slope
-from trl_opd.lab.tasks import BimodalTask, ChainTask
+from trl_opd.lab.experiments import SIZES, Lab, slope
+from trl_opd.lab.tasks import ChainTask
 
 
 def test_chain_task_metrics_by_hand():
@@ -19,6 +19,12 @@ def test_chain_task_metrics_by_hand():
     scored = task.score(["12"], [wrong], 4)
     assert scored["sequence_error"] == 1.0 and scored["token_error"] == 0.25 and scored["hamming"] >= 1
     assert task.score(["12"], ["43"], 4)["token_error"] == 0.5  # missing digits are errors
+
+
+def test_chain_prompts_leave_out_repeated_digits():
+    # "aa" is indistinguishable from "a" for a causal model without a position signal (and "00" is a fixed point)
+    prompts = ChainTask(K=5).prompts()
+    assert len(prompts) == 20 and all(p[0] != p[1] for p in prompts)
 
 
 def test_growth_exponent_slope():

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from .tasks import BimodalTask, ChainTask, make_student, make_teacher, sample_texts, tokenizer
+from .tasks import BimodalTask, ChainTask, make_chain_teacher, make_student, make_teacher, sample_texts, tokenizer
 
 EPS = 1e-3  # floor of an error before taking its log (a zero error would have log = -inf)
 
@@ -26,6 +26,8 @@ class LabSize:
     chain_T: list[int]
     teacher_steps: int = 800
     gkd_steps: int = 120
+    compounding_steps: int = 300  # the chain student needs ~300 steps at lr 1e-2 to learn the rule (partially)
+    compounding_student: dict = field(default_factory=lambda: {"hidden_size": 32, "num_heads": 4})
     ablation_T: int = 10
     modes_steps: int = 60
     spin_rounds: int = 3
@@ -35,10 +37,11 @@ class LabSize:
 
 
 SIZES = {
-    "smoke": LabSize("smoke", seeds=[0], chain_T=[3, 6], teacher_steps=60, gkd_steps=4, ablation_T=3, modes_steps=4,
+    "smoke": LabSize("smoke", seeds=[0], chain_T=[3, 6], teacher_steps=60, gkd_steps=4, compounding_steps=4, ablation_T=3, modes_steps=4,
                      spin_rounds=2, spin_steps=2, tip_fractions=[1.0, 0.5], samples_per_prompt=2),
-    "quick": LabSize("quick", seeds=[0, 1], chain_T=[5, 10, 20]),
-    "full": LabSize("full", seeds=[0, 1, 2], chain_T=[5, 10, 20, 40], teacher_steps=2000, gkd_steps=300,
+    "quick": LabSize("quick", seeds=[0, 1], chain_T=[3, 6, 12]),
+    "full": LabSize("full", seeds=[0, 1, 2], chain_T=[3, 6, 12, 24], teacher_steps=2000, gkd_steps=300,
+                    compounding_steps=600,
                     modes_steps=150, spin_rounds=5, spin_steps=40, samples_per_prompt=16),
 }
 EXPERIMENTS = ("compounding", "modes", "ablation", "spin", "tip")
@@ -98,9 +101,8 @@ class Lab:
     def chain_teacher(self):
         if self._chain_teacher is None:
             T = max(self.size.chain_T)
-            texts = [p + self.chain.completion(p, T) for p in self.chain.prompts()]
             start = time.perf_counter()
-            model, losses = make_teacher(self.tok, texts, self.size.teacher_steps, seed=self.seed)
+            model, losses = make_chain_teacher(self.tok, self.chain, T, self.size.teacher_steps, seed=self.seed)
             self.teachers["chain"] = {
                 "params": sum(p.numel() for p in model.parameters()), "steps": self.size.teacher_steps,
                 "final_loss": losses[-1], "seconds": time.perf_counter() - start,
@@ -122,7 +124,7 @@ class Lab:
         return self.chain.score(prompts, texts, T)
 
     # ------------------------------------------------------------------------------------------------ GKD on the chain
-    def gkd_chain(self, T, lmbda, divergence, seed, token_importance=None, steps=None):
+    def gkd_chain(self, T, lmbda, divergence, seed, token_importance=None, steps=None, student_kwargs=None):
         from trl_opd import GKDConfig, GKDTrainer
 
         teacher = self.chain_teacher()
@@ -131,7 +133,7 @@ class Lab:
             args = GKDConfig(**_common(out, seed, max_steps=steps or self.size.gkd_steps, per_device_train_batch_size=16,
                                        per_device_eval_batch_size=32, max_completion_length=T, learning_rate=1e-2,
                                        lmbda=lmbda, divergence=divergence, beta=0.5))
-            student = make_student(self.tok, seed)
+            student = make_student(self.tok, seed, **(student_kwargs or {}))
             trainer = _quiet(GKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=dataset,
                                         eval_dataset=dataset, processing_class=self.tok, token_importance=token_importance))
             start = time.perf_counter()
@@ -148,7 +150,8 @@ class Lab:
         for seed in self.size.seeds:
             for T in self.size.chain_T:
                 for lmbda in (0.0, 0.5, 1.0):
-                    record, _ = self.gkd_chain(T, lmbda, "fkl", seed)
+                    record, _ = self.gkd_chain(T, lmbda, "fkl", seed, steps=self.size.compounding_steps,
+                                               student_kwargs=self.size.compounding_student)
                     runs.append(record)
                     self._tick(f"compounding T={T} λ={lmbda} seed={seed}")
         fits = {}
@@ -165,7 +168,9 @@ class Lab:
 
     def ablation(self, compounding=None):
         T = self.size.ablation_T
-        runs = [r for r in (compounding or {}).get("runs", []) if r["T"] == T and r["divergence"] == "fkl"]
+        runs = []
+        if self.size.compounding_steps == self.size.gkd_steps and not self.size.compounding_student:  # reuse only runs trained as long as the ablation's
+            runs = [r for r in (compounding or {}).get("runs", []) if r["T"] == T and r["divergence"] == "fkl"]
         for seed in self.size.seeds:
             for divergence in ("fkl", "rkl", "jsd"):
                 for lmbda in (0.0, 0.5, 1.0):
@@ -254,7 +259,9 @@ def count_runs(size: LabSize, experiments) -> int:
     if "compounding" in experiments:
         n += S * len(size.chain_T) * 3
     if "ablation" in experiments:
-        n += S * (6 if "compounding" in experiments and size.ablation_T in size.chain_T else 9)
+        reuse = ("compounding" in experiments and size.ablation_T in size.chain_T
+                 and size.compounding_steps == size.gkd_steps and not size.compounding_student)
+        n += S * (6 if reuse else 9)
     if "modes" in experiments:
         n += S * 4
     if "spin" in experiments:
