@@ -75,7 +75,7 @@ def register_plan(subparsers) -> None:
     train.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, help="(default on)")
     train.add_argument("--optimizer", choices=OPTIMIZERS)
     train.add_argument("--divergence", choices=DIVERGENCES)
-    train.add_argument("--loss-chunk-rows", type=int, help="rows per loss tile (default 2**24 // vocab)")
+    train.add_argument("--loss-chunk-rows", type=int, help="rows per loss tile (default max(48, 2**22 // vocab))")
     gen = parser.add_argument_group("generation")
     gen.add_argument("--generation-backend", choices=GENERATION_BACKENDS)
     gen.add_argument("--vllm-gpu-memory-utilization", type=float)

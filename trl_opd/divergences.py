@@ -31,15 +31,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
+from .tiling import default_chunk_rows
 
 DIVERGENCES = ("fkl", "rkl", "jsd", "tvd")
 
-# Elements of one (chunk_rows, V) float32 tile: 2**24 floats = 64 MiB. At V = 152k this is ~110 rows per chunk.
-DEFAULT_TILE_ELEMENTS = 2**24
 
 
 def check_divergence(divergence: str, beta: float = 0.5) -> None:
@@ -173,11 +173,10 @@ class _ChunkedDivergence(torch.autograd.Function):
         teacher_entropy = torch.empty(n if spec.teacher_entropy else 0, device=h_s.device, dtype=torch.float32)
         for start in range(0, n, spec.chunk):
             rows = slice(start, min(start + spec.chunk, n))
-            log_p_s, log_p_t = spec.log_probs(h_s[rows], w_s, b_s, h_t[rows], w_t, b_t)
-            out[rows] = divergence_from_log_probs(log_p_s, log_p_t, spec.divergence, spec.beta)
-            entropy[rows] = -(log_p_s.exp() * log_p_s).sum(-1)
+            chunk = spec.evaluate(h_s[rows], w_s, b_s, h_t[rows], w_t, b_t)
+            out[rows], entropy[rows] = chunk.values, chunk.entropy
             if spec.teacher_entropy:
-                teacher_entropy[rows] = -(log_p_t.exp() * log_p_t).sum(-1)
+                teacher_entropy[rows] = chunk.teacher_entropy
         ctx.save_for_backward(h_s, w_s, b_s, h_t, w_t, b_t)
         ctx.spec = spec
         ctx.mark_non_differentiable(entropy, teacher_entropy)
@@ -189,50 +188,56 @@ class _ChunkedDivergence(torch.autograd.Function):
         needs = ctx.needs_input_grad[:3]
         if grad_out is None or not any(needs):
             return None, None, None, None, None, None, None
-        grads = _GradientAccumulator(h_s, w_s, b_s, needs)
+        grads = _GradientAccumulator(h_s, w_s, b_s, needs, ctx.spec.vocab_size)
         # Only rows with a non-zero upstream gradient are recomputed (hard token selection saves the backward there).
         active = grad_out.nonzero().squeeze(-1)
         for start in range(0, active.numel(), ctx.spec.chunk):
             idx = active[start : start + ctx.spec.chunk]
-            grads.add_chunk(ctx.spec, idx, grad_out[idx].float(), h_t, w_t, b_t)
+            chunk = ctx.spec.evaluate(h_s[idx], w_s, b_s, h_t[idx], w_t, b_t, upstream=grad_out[idx].float())
+            grads.add_chunk(idx, chunk.logit_grad)
+            del chunk  # free this chunk's tiles before the next one is projected
         return (*grads.result(), None, None, None, None)
 
 
 class _GradientAccumulator:
-    """float32 gradients of the student's hidden states, head weight and bias, accumulated one chunk at a time."""
+    """float32 gradients of the student's hidden states, head weight and bias, accumulated one chunk at a time.
 
-    def __init__(self, h_s, w_s, b_s, needs):
-        self.h_s, self.w_s, self.b_s = h_s, w_s, b_s
+    From the gradient ``G = ∂L/∂z`` of a chunk's student logits ``z = h W[:V]ᵀ + b[:V]``:
+    ``∂L/∂h = G W[:V]``, ``∂L/∂W[:V] += Gᵀ h`` and ``∂L/∂b[:V] += Σ_rows G``, all updated in place.
+    """
+
+    def __init__(self, h_s, w_s, b_s, needs, vocab_size):
+        self.h_s, self.w_s, self.b_s, self.vocab_size = h_s, w_s, b_s, vocab_size
         self.need_h, self.need_w, self.need_b = needs
         self.grad_h = torch.zeros_like(h_s, dtype=torch.float32) if self.need_h else None
         self.grad_w = torch.zeros_like(w_s, dtype=torch.float32) if self.need_w else None
         self.grad_b = torch.zeros_like(b_s, dtype=torch.float32) if self.need_b else None
-        self.w_leaf = w_s.detach().requires_grad_(self.need_w)
-        self.b_leaf = b_s.detach().requires_grad_(self.need_b) if b_s is not None else None
+        self.consumed = False
 
-    def add_chunk(self, spec, idx, upstream, h_t, w_t, b_t):
-        """Recompute rows ``idx`` with autograd, add ``Σ upstream · ∇D`` to the gradients; return the detached
-        ``(values, log_p_s, log_p_t)`` of those rows."""
-        h_leaf = self.h_s[idx].detach().requires_grad_(self.need_h)
-        with torch.enable_grad():
-            log_p_s, log_p_t = spec.log_probs(h_leaf, self.w_leaf, self.b_leaf, h_t[idx], w_t, b_t)
-            values = divergence_from_log_probs(log_p_s, log_p_t, spec.divergence, spec.beta)
-            pairs = ((h_leaf, self.need_h), (self.w_leaf, self.need_w), (self.b_leaf, self.need_b))
-            wanted = [t for t, need in pairs if need]
-            grads = iter(torch.autograd.grad(values, wanted, upstream) if wanted else ())
+    def add_chunk(self, idx, logit_grad):
+        """Add the contribution of rows ``idx`` whose student logits have gradient ``logit_grad`` (rows, V)."""
+        v = self.vocab_size
         if self.need_h:
-            self.grad_h.index_add_(0, idx, next(grads).float())
+            w = self.w_s[:v]
+            self.grad_h.index_add_(0, idx, (logit_grad.to(w.dtype) @ w).float())
         if self.need_w:
-            self.grad_w += next(grads).float()
+            self.grad_w[:v].addmm_(logit_grad.t(), self.h_s[idx].float())
         if self.need_b:
-            self.grad_b += next(grads).float()
-        return values.detach(), log_p_s.detach(), log_p_t.detach()
+            self.grad_b[:v] += logit_grad.sum(0)
 
     def result(self, scale: torch.Tensor | None = None):
+        """The gradients times ``scale`` in the inputs' dtypes; float32 buffers are scaled in place (no copy of the
+        ``lm_head`` gradient), so this can be called once."""
+        if self.consumed:
+            raise RuntimeError("The chunked divergence's gradient was already used: backward twice is not supported.")
+        self.consumed = True
+
         def cast(grad, ref):
             if grad is None:
                 return None
-            return (grad if scale is None else grad * scale).to(ref.dtype)
+            if scale is not None:
+                grad.mul_(scale)
+            return grad.to(ref.dtype)
 
         return cast(self.grad_h, self.h_s), cast(self.grad_w, self.w_s), cast(self.grad_b, self.b_s)
 
@@ -248,15 +253,17 @@ class _FusedChunkedDivergenceLoss(torch.autograd.Function):
     def forward(ctx, h_s, w_s, b_s, h_t, w_t, b_t, weights, normalizer, spec):
         n = h_s.shape[0]
         needs = (h_s.requires_grad, w_s.requires_grad, b_s is not None and b_s.requires_grad)
-        grads = _GradientAccumulator(h_s, w_s, b_s, needs)
+        grads = _GradientAccumulator(h_s, w_s, b_s, needs, spec.vocab_size)
         values = torch.empty(n, device=h_s.device, dtype=torch.float32)
         entropy = torch.empty(n, device=h_s.device, dtype=torch.float32)
         scale = weights.float() / normalizer
         for start in range(0, n, spec.chunk):
             idx = torch.arange(start, min(start + spec.chunk, n), device=h_s.device)
-            chunk_values, log_p_s, _ = grads.add_chunk(spec, idx, scale[idx], h_t, w_t, b_t)
-            values[idx] = chunk_values
-            entropy[idx] = -(log_p_s.exp() * log_p_s).sum(-1)
+            chunk = spec.evaluate(h_s[idx], w_s, b_s, h_t[idx], w_t, b_t, upstream=scale[idx] if any(needs) else None)
+            values[idx], entropy[idx] = chunk.values, chunk.entropy
+            if any(needs):
+                grads.add_chunk(idx, chunk.logit_grad)
+            del chunk  # free this chunk's tiles before the next one is projected
         ctx.grads = grads
         ctx.mark_non_differentiable(values, entropy)
         return (values * scale).sum(), values, entropy
@@ -267,29 +274,135 @@ class _FusedChunkedDivergenceLoss(torch.autograd.Function):
         return (*grads, None, None, None, None, None, None)
 
 
+def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``Σ_v a[n, v] b[n, v]`` for each row n, without an (n, V) temporary."""
+    return torch.bmm(a.unsqueeze(1), b.unsqueeze(-1)).view(-1)
+
+
+def _log_softmax_(z: torch.Tensor, temperature: float) -> torch.Tensor:
+    """In place: ``z ← log_softmax(z / τ)``, ``-inf`` clamped to the most negative finite float (as in the dense path)."""
+    if temperature != 1.0:
+        z.div_(temperature)
+    z.sub_(torch.logsumexp(z, dim=-1, keepdim=True))
+    return z.clamp_(min=torch.finfo(z.dtype).min)
+
+
+class _ChunkResult(NamedTuple):
+    values: torch.Tensor  # (rows,) divergence D
+    entropy: torch.Tensor  # (rows,) student entropy
+    teacher_entropy: torch.Tensor | None  # (rows,) when asked
+    logit_grad: torch.Tensor | None  # (rows, V) upstream · ∂D/∂z_student when an upstream gradient was given
+
+
 class _ChunkSpec:
-    """What the chunked autograd function needs besides tensors: divergence, temperature, head transforms, sizes."""
+    """What the chunked functions need besides tensors (divergence, temperature, head transforms, sizes), and the
+    per-chunk evaluation: values and the analytic gradient with respect to the student's logits.
+
+    With ``u = transform(z)`` and ``log p = log_softmax(u / τ)``, the gradient of ``D`` with respect to ``u`` is
+    ``(1/τ) p_S ⊙ (g − ⟨p_S, g⟩)`` where ``g = ∂D/∂p_S``. Per divergence:
+
+    * forward KL ``Σ p_T (log p_T − log p_S)``: ``(p_S − p_T) / τ``;
+    * reverse KL ``Σ p_S (log p_S − log p_T)``: ``p_S ⊙ (log p_S − log p_T − D) / τ``;
+    * JSD(β) with ``M = β p_T + (1 − β) p_S``: ``g = (1 − β) log(p_S / M)`` (the terms through M cancel), so
+      ``(1 − β) p_S ⊙ (log(p_S/M) − KL(p_S‖M)) / τ``;
+    * TVD ``½ Σ |p_T − p_S|``: ``g = ½ sign(p_S − p_T)``.
+
+    The head transform contributes ``∂u/∂z = scale`` (times ``1 − tanh²`` with a softcap). Computing this directly,
+    with in-place updates, keeps about five (rows, V) float32 tiles alive instead of autograd's graph of a dozen, and
+    adds the ``lm_head`` gradient into one float32 buffer with ``addmm_`` (no (V, H) temporary per chunk).
+    """
 
     def __init__(
-        self, divergence, beta, temperature, chunk, vocab_size, student_transform, teacher_transform, teacher_entropy
+        self, divergence, beta, temperature, chunk, vocab_size, student_head, teacher_head, teacher_entropy
     ):
         self.divergence, self.beta, self.temperature, self.chunk = divergence, beta, temperature, chunk
+        if divergence == "jsd" and beta in (0.0, 1.0):  # the endpoints are the KLs (as in generalized_jsd)
+            self.divergence = "fkl" if beta == 0.0 else "rkl"
         self.teacher_entropy = teacher_entropy
         self.vocab_size = vocab_size
-        self.student_transform, self.teacher_transform = student_transform, teacher_transform
+        self.student_head, self.teacher_head = student_head, teacher_head  # (logit_scale, softcap)
 
-    def _logits(self, h, w, b, transform):
+    def _transformed_logits(self, h, w, b, head):
+        """``u = softcap · tanh(scale · z / softcap)`` (or ``scale · z``) of ``z = h W[:V]ᵀ + b``, as a fresh float32
+        tile, and ``∂u/∂z`` (a float, or a tile with a softcap)."""
+        scale, softcap = head
         w = w[: self.vocab_size]
         z = h.to(w.dtype) @ w.t()
+        z = z.float() if z.dtype != torch.float32 else z
         if b is not None:
-            z = z + b[: self.vocab_size]
-        return transform(z.float())
+            z.add_(b[: self.vocab_size])
+        if scale != 1.0:
+            z.mul_(scale)
+        if softcap is None:
+            return z, scale
+        z.div_(softcap).tanh_()
+        derivative = (1.0 - z.square()).mul_(scale)
+        return z.mul_(softcap), derivative
 
-    def log_probs(self, h_s, w_s, b_s, h_t, w_t, b_t):
-        z_s = self._logits(h_s, w_s, b_s, self.student_transform)
+    def evaluate(self, h_s, w_s, b_s, h_t, w_t, b_t, upstream: torch.Tensor | None = None) -> _ChunkResult:
+        """Divergences and student entropies of one chunk of rows; with ``upstream`` (rows,), also
+        ``upstream · ∂D/∂z_S`` for the student's raw logits z_S."""
         with torch.no_grad():
-            z_t = self._logits(h_t, w_t, b_t, self.teacher_transform)
-        return _safe_log_softmax(z_s, self.temperature), _safe_log_softmax(z_t, self.temperature)
+            log_p_t = _log_softmax_(self._transformed_logits(h_t, w_t, b_t, self.teacher_head)[0], self.temperature)
+            log_p_s, dudz = self._transformed_logits(h_s.detach(), w_s.detach(), b_s, self.student_head)
+            log_p_s = _log_softmax_(log_p_s, self.temperature)
+            p_s = log_p_s.exp()
+            entropy = -_rowdot(p_s, log_p_s)
+            teacher_entropy = None
+            if self.teacher_entropy:
+                p_t = log_p_t.exp()
+                teacher_entropy = -_rowdot(p_t, log_p_t)
+                del p_t
+            values, grad = _DIVERGENCE_AND_GRADIENT[self.divergence](log_p_s, p_s, log_p_t, self.beta)
+            if upstream is None:
+                return _ChunkResult(values, entropy, teacher_entropy, None)
+            grad.mul_((upstream / self.temperature).unsqueeze(-1))
+            if torch.is_tensor(dudz) or dudz != 1.0:
+                grad.mul_(dudz)
+            return _ChunkResult(values, entropy, teacher_entropy, grad)
+
+
+def _fkl_and_gradient(log_p_s, p_s, log_p_t, beta):
+    """``Σ p_T (log p_T − log p_S)`` and ``p_S − p_T`` (the gradient w.r.t. the student's logits, times τ)."""
+    p_t = log_p_t.exp()
+    values = _rowdot(p_t, log_p_t) - _rowdot(p_t, log_p_s)
+    return values, p_t.neg_().add_(p_s)
+
+
+def _rkl_and_gradient(log_p_s, p_s, log_p_t, beta):
+    """``Σ p_S (log p_S − log p_T)`` and ``p_S ⊙ (log p_S − log p_T − D)``; overwrites ``log_p_t``."""
+    diff = log_p_t.neg_().add_(log_p_s)
+    values = _rowdot(p_s, diff)
+    return values, diff.sub_(values.unsqueeze(-1)).mul_(p_s)
+
+
+def _jsd_and_gradient(log_p_s, p_s, log_p_t, beta):
+    """``β KL(p_T‖M) + (1−β) KL(p_S‖M)`` and ``(1−β) p_S ⊙ (log(p_S/M) − KL(p_S‖M))``; overwrites ``log_p_t``."""
+    log_m = log_p_t + math.log(beta)
+    torch.logaddexp(log_m, log_p_s + math.log1p(-beta), out=log_m)
+    p_t = log_p_t.exp()
+    kl_teacher = _rowdot(p_t, log_p_t.sub_(log_m))
+    del p_t
+    student_gap = log_m.neg_().add_(log_p_s)  # log p_S − log M
+    kl_student = _rowdot(p_s, student_gap)
+    grad = student_gap.sub_(kl_student.unsqueeze(-1)).mul_(p_s).mul_(1.0 - beta)
+    return beta * kl_teacher + (1.0 - beta) * kl_student, grad
+
+
+def _tvd_and_gradient(log_p_s, p_s, log_p_t, beta):
+    """``½ Σ |p_T − p_S|`` and ``p_S ⊙ (g − ⟨p_S, g⟩)`` with ``g = ½ sign(p_S − p_T)``; overwrites ``log_p_t``."""
+    diff = log_p_t.exp_().neg_().add_(p_s)  # p_S − p_T
+    values = 0.5 * torch.linalg.vector_norm(diff, ord=1, dim=-1)
+    g = diff.sign_().mul_(0.5)
+    return values, g.sub_(_rowdot(p_s, g).unsqueeze(-1)).mul_(p_s)
+
+
+_DIVERGENCE_AND_GRADIENT = {
+    "fkl": _fkl_and_gradient,
+    "rkl": _rkl_and_gradient,
+    "jsd": _jsd_and_gradient,
+    "tvd": _tvd_and_gradient,
+}
 
 
 def _make_spec(
@@ -319,15 +432,15 @@ def _make_spec(
             f"vocab_size={vocab_size} must be in [1, rows of the smaller head]; the heads have "
             f"{student_weight.shape[0]} and {teacher_weight.shape[0]} rows."
         )
-    chunk = chunk_size if chunk_size is not None else max(1, DEFAULT_TILE_ELEMENTS // vocab_size)
+    chunk = chunk_size if chunk_size is not None else default_chunk_rows(vocab_size)
     spec = _ChunkSpec(
         divergence,
         beta,
         temperature,
         chunk,
         vocab_size,
-        make_logit_transform(student_logit_scale, student_softcap),
-        make_logit_transform(teacher_logit_scale, teacher_softcap),
+        (student_logit_scale, student_softcap),
+        (teacher_logit_scale, teacher_softcap),
         return_teacher_entropy,
     )
     return spec, vocab_size
@@ -373,7 +486,7 @@ def chunked_per_token_divergence(
             the backward pass.
         vocab_size: compare only the first ``vocab_size`` entries of both heads (for heads padded past the tokenizer,
             e.g. Qwen2.5-7B's 152064 rows against 151936). Defaults to the common size, which must then be equal.
-        chunk_size: rows per chunk; defaults to ``2**24 // V`` (a 64 MiB float32 tile).
+        chunk_size: rows per chunk; defaults to ``max(48, 2**22 // V)`` (a 16 MiB float32 tile, see :mod:`trl_opd.tiling`).
         return_entropy: also return the student's per-token entropy (no gradient).
         return_teacher_entropy: also return the teacher's per-token entropy (no gradient), after the student's.
 
@@ -458,7 +571,7 @@ def chunked_token_log_probs(
     """
     _check_temperature(temperature)
     transform = make_logit_transform(logit_scale, softcap)
-    chunk = chunk_size or max(1, DEFAULT_TILE_ELEMENTS // weight.shape[0])
+    chunk = chunk_size or default_chunk_rows(weight.shape[0])
     out = torch.empty(hidden.shape[0], device=hidden.device, dtype=torch.float32)
     for start in range(0, hidden.shape[0], chunk):
         rows = slice(start, start + chunk)

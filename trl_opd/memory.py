@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .tiling import default_chunk_rows
 
 __all__ = [
     "ALLOCATOR_OVERHEAD",
@@ -79,13 +80,10 @@ GENERATION_BACKENDS = ("hf", "vllm", "vllm-server")
 OPTIMIZERS = ("adamw", "adamw_8bit")
 DIVERGENCES = ("jsd", "fkl", "rkl", "tvd")
 
-#: Rows × vocabulary of one float32 loss tile, as in :mod:`trl_opd.divergences` (64 MiB).
-DEFAULT_TILE_ELEMENTS = 2**24
-#: Peak of the chunked loss in (rows × V) float32 tiles, measured with :class:`LiveTensorMeter`: the fused loss pass
-#: that GKDTrainer runs (value and gradient together) and the per-token path's backward agree at one chunk (JSD 11,
-#: the others 7-8); with many small chunks the fused pass holds about one more tile (checked in tests/test_memory.py).
-LOSS_TILES = {"jsd": 11.0, "fkl": 8.0, "rkl": 8.0, "tvd": 8.0}
-LOSS_FORWARD_TILES = 7.0
+#: Peak of the chunked loss in (rows × V) float32 tiles, measured with :class:`LiveTensorMeter` (tests/test_memory.py):
+#: the fused loss pass that GKDTrainer runs (value and analytic gradient together), the per-token path's forward and
+#: its backward all peak at these counts (the per-chunk evaluation updates its tiles in place).
+LOSS_TILES = {"jsd": 5.0, "fkl": 4.0, "rkl": 3.0, "tvd": 3.0}
 NF4_BLOCKSIZE = 64  # bitsandbytes' default for 4-bit weights: one absmax per 64 weights
 NF4_NESTED_BLOCKSIZE = 256  # double quantization: one float32 absmax per 256 8-bit absmax values
 
@@ -334,7 +332,7 @@ class TrainingPlan:
         gradient_checkpointing: recompute each decoder layer in the backward pass (TRL's default is on).
         optimizer: ``"adamw"`` (two states in the trainable dtype) or ``"adamw_8bit"`` (bitsandbytes, ~2 bytes/param).
         divergence: the loss (``"jsd"`` keeps more tiles alive in the backward pass than the others).
-        loss_chunk_rows: rows per loss tile; default ``2**24 // V`` as in :func:`trl_opd.chunked_per_token_divergence`.
+        loss_chunk_rows: rows per loss tile; default ``max(48, 2**22 // V)`` as in :func:`trl_opd.chunked_per_token_divergence`.
         generation_backend: ``"hf"`` (``model.generate`` with a KV cache), ``"vllm"`` (colocated: vLLM reserves
             ``vllm_gpu_memory_utilization`` of the card for its weights and KV cache) or ``"vllm-server"``
             (generation on another GPU).
@@ -448,7 +446,7 @@ def lora_parameters(shape: ModelShape, rank: int, targets: Iterable[str]) -> int
 
 
 def _tile_rows(shape: ModelShape, plan: TrainingPlan) -> int:
-    return plan.loss_chunk_rows or max(1, DEFAULT_TILE_ELEMENTS // shape.vocab_size)
+    return plan.loss_chunk_rows or default_chunk_rows(shape.vocab_size)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -555,19 +553,19 @@ def loss_chunk_bytes(student: ModelShape, teacher: ModelShape, plan: TrainingPla
     ``min(rows, N) × V × 4`` bytes per tile, ``LOSS_TILES[divergence]`` tiles at the backward peak; plus the gathered
     student and teacher hidden states of the N completion tokens, the float32 gradient of the student's (and its cast),
     the teacher's output hidden states (B × T × H_t, alive until the loss returns), and, when the
-    ``lm_head`` is trained (full fine-tuning), a float32 gradient accumulator, a per-chunk float32 gradient and the
-    cast of V × H.
+    ``lm_head`` is trained (full fine-tuning), the float32 V × H gradient accumulator (updated in place, chunk by
+    chunk) and its cast to the weight's dtype when that is not float32.
     """
     n = plan.per_device_batch_size * plan.completion_length
     vocab = min(student.vocab_size, teacher.vocab_size)
     rows = min(_tile_rows(student, plan), n)
     tile = rows * vocab * 4
     b_s, b_t = _compute_bytes(plan.student_quant), _compute_bytes(plan.teacher_quant)
-    total = max(LOSS_TILES[plan.divergence], LOSS_FORWARD_TILES) * tile
+    total = LOSS_TILES[plan.divergence] * tile
     total += n * (student.hidden_size * (b_s + 4 + b_s) + teacher.hidden_size * b_t + 3 * 4)
     total += plan.per_device_batch_size * plan.sequence_length * teacher.hidden_size * b_t  # teacher's hidden states
     if plan.full_finetuning:
-        total += student.vocab_size * student.hidden_size * (4 + 4 + b_s)
+        total += student.vocab_size * student.hidden_size * (4 + (b_s if b_s != 4 else 0))
     return total
 
 
