@@ -1,11 +1,12 @@
 """Divergence loss, forward + backward: time and peak memory, ours against TRL's, on the same inputs in one run.
 
-    OMP_NUM_THREADS=1 python bench/divergence_loss.py                      # V in {32k, 49k, 152k}, N = B*T in {512, 2048}
+    OMP_NUM_THREADS=1 python bench/divergence_loss.py          # V in {32k, 49k, 152k} x N = B*T in {512, 2048, 8192}
     OMP_NUM_THREADS=1 python bench/divergence_loss.py --vocab 152064 --tokens 2048 --repeats 5
 
-Each measurement runs in a fresh subprocess. Memory is the peak resident set size of that process minus its
-resident size once the inputs (hidden states and lm_head weights) exist: what the loss itself adds. Time is the
-median of --repeats forward+backward passes after one warm-up. Implementations (all generalized JSD, beta=0.5):
+Each measurement runs in a fresh subprocess. Memory is the peak resident set size of that process (VmHWM, reset once
+the inputs exist) minus its resident size then: what the loss itself adds. Time is the median of --repeats
+forward+backward passes after --warmup untimed ones. Full-logit implementations whose estimated peak exceeds --max-gib
+are skipped (and say so). Implementations (all generalized JSD, beta=0.5):
 
 * ``ours dense``     trl_opd.divergences.per_token_divergence on full (N, V) logits
 * ``ours chunked``   trl_opd.divergences.chunked_per_token_divergence on hidden states (backward recomputes chunks)
@@ -19,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -28,12 +28,27 @@ import time
 IMPLEMENTATIONS = ("ours dense", "ours chunked", "ours fused", "TRL GKD", "TRL chunked")
 
 
-def rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+#: Peak extra bytes per (token x vocabulary entry) of the implementations that build full logits, measured at
+#: V = 152k, N = 2048 (about 12 and 15 float32 copies); used to skip shapes that would not fit in --max-gib.
+DENSE_BYTES_PER_LOGIT = {"ours dense": 48, "TRL GKD": 60}
 
 
-def measure(impl: str, vocab: int, tokens: int, hidden: int, repeats: int) -> dict:
+def status_mib(field: str) -> float:
+    """A memory field of /proc/self/status (VmRSS: now; VmHWM: the peak since the last reset) in MiB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise KeyError(field)
+
+
+def reset_peak_rss() -> None:
+    """Reset VmHWM to the current RSS (ru_maxrss cannot be reset and starts at the parent's peak after fork + exec)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def measure(impl: str, vocab: int, tokens: int, hidden: int, repeats: int, warmup: int = 1) -> dict:
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     import torch
 
@@ -68,35 +83,37 @@ def measure(impl: str, vocab: int, tokens: int, hidden: int, repeats: int) -> di
     else:
         raise ValueError(impl)
 
-    base = rss_mib()
-    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    base = status_mib("VmRSS")
+    reset_peak_rss()
     times, value = [], None
-    for i in range(repeats + 1):
+    for i in range(repeats + warmup):
         h_s.grad = None
         start = time.perf_counter()
         loss = step()
         loss.backward()
-        if i:
+        if i >= warmup:
             times.append(time.perf_counter() - start)
         value = loss.item()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"impl": impl, "vocab": vocab, "tokens": tokens, "seconds": statistics.median(times),
-            "extra_mib": max(peak, peak_before) - base, "value": value}
+            "extra_mib": status_mib("VmHWM") - base, "value": value}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--vocab", type=int, nargs="+", default=[32000, 49152, 152064])
-    parser.add_argument("--tokens", type=int, nargs="+", default=[512, 2048])
+    parser.add_argument("--tokens", type=int, nargs="+", default=[512, 2048, 8192])
     parser.add_argument("--hidden", type=int, default=896)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1, help="untimed passes before the timed ones")
+    parser.add_argument("--max-gib", type=float, default=20.0,
+                        help="skip full-logit implementations whose estimated peak exceeds this")
     parser.add_argument("--impl", nargs="+", default=list(IMPLEMENTATIONS), choices=IMPLEMENTATIONS)
     parser.add_argument("--_child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._child:
         impl, shape = args._child
         vocab, tokens = map(int, shape.split("x"))
-        print(json.dumps(measure(impl, vocab, tokens, args.hidden, args.repeats)))
+        print(json.dumps(measure(impl, vocab, tokens, args.hidden, args.repeats, args.warmup)))
         return
 
     print("command:", "OMP_NUM_THREADS=%s python" % os.environ.get("OMP_NUM_THREADS", "?"), " ".join(sys.argv))
@@ -107,8 +124,13 @@ def main():
         for tokens in args.tokens:
             rows = {}
             for impl in args.impl:
+                need_gib = DENSE_BYTES_PER_LOGIT.get(impl, 0) * tokens * vocab / 2**30
+                if need_gib > args.max_gib:
+                    print(f"| {vocab:>7} | {tokens:>5} | {impl:<13} | skipped: needs about {need_gib:.0f} GiB "
+                          f"(> --max-gib {args.max_gib:g}) |")
+                    continue
                 cmd = [sys.executable, __file__, "--hidden", str(args.hidden), "--repeats", str(args.repeats),
-                       "--_child", impl, f"{vocab}x{tokens}"]
+                       "--warmup", str(args.warmup), "--_child", impl, f"{vocab}x{tokens}"]
                 done = subprocess.run(cmd, capture_output=True, text=True)
                 if done.returncode != 0:
                     print(f"| {vocab:>7} | {tokens:>5} | {impl:<13} | failed: {done.stderr.strip().splitlines()[-1][:60]}")
