@@ -3,4 +3,12 @@
 from .experiments import EXPERIMENTS, SIZES, Lab, LabSize, count_runs, run_lab
 from .report import write_report
 
-__all__ = ["EXPERIMENTS", "SIZES", "Lab", "LabSize", "count_runs", "run_lab", "write_report"]
+__all__ = [
+    "EXPERIMENTS",
+    "SIZES",
+    "Lab",
+    "LabSize",
+    "count_runs",
+    "run_lab",
+    "write_report",
+]

@@ -2,13 +2,18 @@
 
 * :class:`ChainTask` (task b): prompt = two digits ``x0 x1`` over ``K`` digits, completion = ``T`` digits with
   ``x_t = (x_{t-1} + 2 x_{t-2}) mod K``. One wrong digit derails everything after it (the next digits follow the rule
-  from the wrong pair). The teacher (2 layers) learns it; the small student (1 layer, hidden 16) cannot exactly.
-* :class:`BimodalTask` (task a): prompt ``"?"``, exactly two valid continuations ``"ab"`` and ``"ba"`` (50 % each).
-  Mass on each mode and "between" (every other first two tokens) is computed exactly from the model's probabilities.
+  from the wrong pair). The teacher (2 layers) learns the rule from any prefix; the 1-layer student learns it only
+  partly. With K = 5 every rule sequence has period 4, a shortcut ("copy the digit 4 back") that is right on the
+  teacher's sequences and wrong after the first slip: the off-policy student's way to be lost in its own states.
+* :class:`BimodalTask` (task a): prompt ``"?"``, exactly two valid completions ``"ab<eos>"`` and ``"ba<eos>"`` (50 %
+  each). A bigram student (a 0-layer llama: embedding -> norm -> head) fits either mode exactly but not their mixture
+  (after ``b`` it must say ``<eos>`` in one mode and ``a`` in the other). Mass on each mode and "between" (every other
+  completion) is computed exactly from the model's probabilities.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -43,41 +48,82 @@ class ChainTask:
             seq.append((seq[-1] + 2 * seq[-2]) % self.K)
         return "".join(map(str, seq[2:]))
 
-    def dataset(self, T: int) -> Dataset:
-        return Dataset.from_list([{"prompt": p, "completion": self.completion(p, T)} for p in self.prompts()])
+    def dataset(self, T: int, repeat: int = 1) -> Dataset:
+        """Every prompt with its rule completion, ``repeat`` times (so a batch may be larger than the 20 prompts)."""
+        return Dataset.from_list(
+            [{"prompt": p, "completion": self.completion(p, T)} for p in self.prompts()]
+            * repeat
+        )
 
-    def score(self, prompts: list[str], completions: list[str], T: int) -> dict[str, float]:
+    def rule_errors(self, prompt: str, text: str, T: int) -> list[int]:
+        """1 where digit t (of the first T) is missing, not a digit, or breaks the rule given the two symbols before it
+        (the model's own), else 0: the per-step cost of the DAgger bound, on the model's own rollout."""
+        full = prompt + text[:T]
+        out = []
+        for t in range(T):
+            if t >= len(text) or text[t] not in self.digits:
+                out.append(1)
+                continue
+            a, b = full[t], full[t + 1]
+            ok = (
+                a in self.digits
+                and b in self.digits
+                and int(text[t]) == (int(b) + 2 * int(a)) % self.K
+            )
+            out.append(0 if ok else 1)
+        return out
+
+    def error_profile(
+        self, prompts: list[str], completions: list[str], T: int
+    ) -> list[float]:
+        """Share of rollouts whose digit t breaks the rule, for t = 1..T (sums to the mean total errors)."""
+        counts = [0] * T
+        for prompt, text in zip(prompts, completions, strict=True):
+            for t, e in enumerate(self.rule_errors(prompt, text, T)):
+                counts[t] += e
+        return [c / len(prompts) for c in counts]
+
+    def score(
+        self, prompts: list[str], completions: list[str], T: int
+    ) -> dict[str, float]:
         """Sequence error (any wrong or missing digit among the first T), per-token error (each digit against the rule
         applied to the two symbols before it, *including the model's own*), and Hamming errors against the reference."""
         seq_wrong, tok_wrong, hamming = 0, 0, 0
         for prompt, text in zip(prompts, completions, strict=True):
             text = text[:T]
             reference = self.completion(prompt, T)
-            full = prompt + text
-            local = 0
-            for t in range(T):
-                if t >= len(text) or text[t] not in self.digits:
-                    local += 1
-                    continue
-                a, b = full[t], full[t + 1]
-                if not (a in self.digits and b in self.digits) or int(text[t]) != (int(b) + 2 * int(a)) % self.K:
-                    local += 1
+            local = sum(self.rule_errors(prompt, text, T))
             ham = sum(1 for t in range(T) if t >= len(text) or text[t] != reference[t])
             seq_wrong += ham > 0
             tok_wrong += local
             hamming += ham
         n = len(prompts)
-        return {"sequence_error": seq_wrong / n, "token_error": tok_wrong / (n * T), "hamming": hamming / n}
+        return {
+            "sequence_error": seq_wrong / n,
+            "token_error": tok_wrong / (n * T),
+            "total_errors": tok_wrong / n,
+            "hamming": hamming / n,
+        }
 
 
-def sample_texts(model, tok, prompts: list[str], max_new_tokens: int, n_per_prompt: int, seed: int) -> tuple[list, list]:
+def sample_texts(
+    model, tok, prompts: list[str], max_new_tokens: int, n_per_prompt: int, seed: int
+) -> tuple[list, list]:
     """``n_per_prompt`` completions per prompt at temperature 1 (decoded without special tokens)."""
     all_prompts = [p for p in prompts for _ in range(n_per_prompt)]
     ids = [tok(p, add_special_tokens=False)["input_ids"] for p in all_prompts]
     torch.manual_seed(seed)
-    out = sample(model, ids, pad_token_id=tok.pad_token_id, eos_token_ids=[tok.eos_token_id],
-                 max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, do_sample=True, temperature=1.0,
-                 top_k=0)
+    out = sample(
+        model,
+        ids,
+        pad_token_id=tok.pad_token_id,
+        eos_token_ids=[tok.eos_token_id],
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=max_new_tokens,
+        do_sample=True,
+        temperature=1.0,
+        top_k=0,
+    )
     return all_prompts, tok.batch_decode(out, skip_special_tokens=True)
 
 
@@ -90,35 +136,82 @@ class BimodalTask:
         return [self.prompt + m for m in self.modes]
 
     def dataset(self, rows: int = 32) -> Dataset:
-        return Dataset.from_list([{"prompt": self.prompt, "completion": self.modes[i % 2]} for i in range(rows)])
+        return Dataset.from_list(
+            [
+                {"prompt": self.prompt, "completion": self.modes[i % 2]}
+                for i in range(rows)
+            ]
+        )
 
     @torch.no_grad()
     def mass(self, model, tok) -> dict[str, float]:
-        """Exact probability of each mode's two tokens, and of everything else ("between")."""
+        """Exact probability of each mode's whole completion (its tokens and ``<eos>``), of everything else
+        ("between"), and of the first token of mode 1 (``first_1``)."""
         model.eval()
         device = next(model.parameters()).device
         p_ids = tok(self.prompt, add_special_tokens=False)["input_ids"]
-        first = model(input_ids=torch.tensor([p_ids], device=device)).logits[0, -1].float().softmax(-1)
         out = {}
         for name, mode in zip(("mode_1", "mode_2"), self.modes, strict=True):
-            a, b = tok(mode, add_special_tokens=False)["input_ids"]
-            second = model(input_ids=torch.tensor([p_ids + [a]], device=device)).logits[0, -1].float().softmax(-1)
-            out[name] = (first[a] * second[b]).item()
+            ids = (
+                p_ids
+                + tok(mode, add_special_tokens=False)["input_ids"]
+                + [tok.eos_token_id]
+            )
+            log_probs = (
+                model(input_ids=torch.tensor([ids], device=device))
+                .logits[0]
+                .float()
+                .log_softmax(-1)
+            )
+            out[name] = math.exp(
+                sum(
+                    log_probs[i - 1, ids[i]].item() for i in range(len(p_ids), len(ids))
+                )
+            )
+            if name == "mode_1":
+                out["first_1"] = math.exp(
+                    log_probs[len(p_ids) - 1, ids[len(p_ids)]].item()
+                )
         out["between"] = max(0.0, 1.0 - out["mode_1"] - out["mode_2"])
         out["top_mode"] = max(out["mode_1"], out["mode_2"])
         return out
 
 
-def make_teacher(tok, texts: list[str], steps: int, seed: int = 0, hidden_size: int = 64, num_layers: int = 2,
-                 lr: float = 3e-3):
-    model = tiny_llama(len(tok), tokenizer=tok, hidden_size=hidden_size, num_layers=num_layers, seed=1000 + seed)
-    losses = train_causal_lm(model, tok, texts, steps=steps, lr=lr, batch_size=32, seed=seed)
+def make_teacher(
+    tok,
+    texts: list[str],
+    steps: int,
+    seed: int = 0,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    lr: float = 3e-3,
+):
+    model = tiny_llama(
+        len(tok),
+        tokenizer=tok,
+        hidden_size=hidden_size,
+        num_layers=num_layers,
+        seed=1000 + seed,
+    )
+    losses = train_causal_lm(
+        model, tok, texts, steps=steps, lr=lr, batch_size=32, seed=seed
+    )
     model.requires_grad_(False)
     return model, losses
 
 
-def make_chain_teacher(tok, task: ChainTask, T: int, steps: int, seed: int = 0, noise: float = 0.15,
-                       hidden_size: int = 64, num_layers: int = 2, lr: float = 3e-3, batch_size: int = 32):
+def make_chain_teacher(
+    tok,
+    task: ChainTask,
+    T: int,
+    steps: int,
+    seed: int = 0,
+    noise: float = 0.15,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    lr: float = 3e-3,
+    batch_size: int = 32,
+):
     """A teacher that follows the chain rule from ANY prefix, not only along the training sequences.
 
     Trained on rule sequences in which each completion digit is, with probability ``noise``, replaced by a random digit
@@ -128,7 +221,13 @@ def make_chain_teacher(tok, task: ChainTask, T: int, steps: int, seed: int = 0, 
     Returns (model, losses)."""
     import random
 
-    model = tiny_llama(len(tok), tokenizer=tok, hidden_size=hidden_size, num_layers=num_layers, seed=1000 + seed)
+    model = tiny_llama(
+        len(tok),
+        tokenizer=tok,
+        hidden_size=hidden_size,
+        num_layers=num_layers,
+        seed=1000 + seed,
+    )
     rng = random.Random(seed)
     digit_ids = [tok.convert_tokens_to_ids(c) for c in task.digits]
     prompts = task.prompts()
@@ -141,11 +240,17 @@ def make_chain_teacher(tok, task: ChainTask, T: int, steps: int, seed: int = 0, 
             seq, keep = [int(c) for c in rng.choice(prompts)], [True, True]
             for _ in range(T):
                 corrupt = rng.random() < noise
-                seq.append(rng.randrange(task.K) if corrupt else (seq[-1] + 2 * seq[-2]) % task.K)
+                seq.append(
+                    rng.randrange(task.K)
+                    if corrupt
+                    else (seq[-1] + 2 * seq[-2]) % task.K
+                )
                 keep.append(not corrupt)
             row = [digit_ids[d] for d in seq] + [tok.eos_token_id]
             ids.append(row)
-            labels.append([i if k else -100 for i, k in zip(row, keep + [True], strict=True)])
+            labels.append(
+                [i if k else -100 for i, k in zip(row, keep + [True], strict=True)]
+            )
         loss = model(input_ids=torch.tensor(ids), labels=torch.tensor(labels)).loss
         optimizer.zero_grad()
         loss.backward()
@@ -156,6 +261,14 @@ def make_chain_teacher(tok, task: ChainTask, T: int, steps: int, seed: int = 0, 
     return model, losses
 
 
-def make_student(tok, seed: int, hidden_size: int = 16, num_layers: int = 1, num_heads: int = 2):
-    return tiny_llama(len(tok), tokenizer=tok, hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads,
-                      seed=100 + seed)
+def make_student(
+    tok, seed: int, hidden_size: int = 16, num_layers: int = 1, num_heads: int = 2
+):
+    return tiny_llama(
+        len(tok),
+        tokenizer=tok,
+        hidden_size=hidden_size,
+        num_layers=num_layers,
+        num_heads=num_heads,
+        seed=100 + seed,
+    )
