@@ -177,6 +177,17 @@ class BimodalTask:
         return out
 
 
+def _teacher_model(tok, hidden_size: int, num_layers: int, seed: int):
+    """A fresh tiny llama over the lab's character vocabulary (teachers are seeded apart from students)."""
+    return tiny_llama(
+        len(tok),
+        tokenizer=tok,
+        hidden_size=hidden_size,
+        num_layers=num_layers,
+        seed=1000 + seed,
+    )
+
+
 def make_teacher(
     tok,
     texts: list[str],
@@ -186,13 +197,7 @@ def make_teacher(
     num_layers: int = 2,
     lr: float = 3e-3,
 ):
-    model = tiny_llama(
-        len(tok),
-        tokenizer=tok,
-        hidden_size=hidden_size,
-        num_layers=num_layers,
-        seed=1000 + seed,
-    )
+    model = _teacher_model(tok, hidden_size, num_layers, seed)
     losses = train_causal_lm(
         model, tok, texts, steps=steps, lr=lr, batch_size=32, seed=seed
     )
@@ -221,13 +226,7 @@ def make_chain_teacher(
     Returns (model, losses)."""
     import random
 
-    model = tiny_llama(
-        len(tok),
-        tokenizer=tok,
-        hidden_size=hidden_size,
-        num_layers=num_layers,
-        seed=1000 + seed,
-    )
+    model = _teacher_model(tok, hidden_size, num_layers, seed)
     rng = random.Random(seed)
     digit_ids = [tok.convert_tokens_to_ids(c) for c in task.digits]
     prompts = task.prompts()
