@@ -135,7 +135,7 @@ def register_lab(subparsers) -> None:
         ),
     )
     size = parser.add_mutually_exclusive_group()
-    size.add_argument("--quick", dest="size", action="store_const", const="quick", help="(default) 2-3 seeds, T up to 40, ~5 min")
+    size.add_argument("--quick", dest="size", action="store_const", const="quick", help="(default) 2-3 seeds, T up to 40, ~3.5 min on 2 cores")
     size.add_argument("--full", dest="size", action="store_const", const="full", help="3-5 seeds, T up to 40, more steps and samples")
     size.add_argument("--smoke", dest="size", action="store_const", const="smoke", help="seconds-long pipeline check")
     parser.add_argument("--output", default="opd-lab", help="output folder (default: opd-lab)")

@@ -635,7 +635,8 @@ def write_report(results: dict, out: str | Path, command: str = "trl-opd lab") -
         f"Command: `{command}` — size `{size['name']}`; seeds {seeds} (modes and SPIN also "
         f"{cheap}); experiments took {sum(results['seconds'].values()):.0f} s"
         + (
-            f" ({results['wall_seconds']:.0f} s with the teachers)"
+            f" of compute, {results['wall_seconds']:.0f} s of wall time with the teachers (compounding runs in a"
+            " second process when there are two cores)"
             if "wall_seconds" in results
             else ""
         )
