@@ -4,6 +4,18 @@ from trl_opd import GKDConfig, GKDTrainer
 from trl_opd.tiny import tiny_llama
 
 
+#: Trainer arguments every CPU test run shares (no bf16, no checkpoints, no reporting, seeded).
+CPU_TRAINING_ARGS = dict(
+    bf16=False,
+    use_cpu=True,
+    report_to=[],
+    logging_steps=1,
+    save_strategy="no",
+    gradient_checkpointing=False,
+    seed=0,
+)
+
+
 def make_config(tmp_path, **overrides):
     values = dict(
         output_dir=str(tmp_path),
@@ -13,13 +25,7 @@ def make_config(tmp_path, **overrides):
         max_steps=2,
         max_completion_length=6,
         learning_rate=1e-3,
-        bf16=False,
-        use_cpu=True,
-        report_to=[],
-        logging_steps=1,
-        save_strategy="no",
-        gradient_checkpointing=False,
-        seed=0,
+        **CPU_TRAINING_ARGS,
     )
     values.update(overrides)
     return GKDConfig(**values)

@@ -15,6 +15,8 @@ from datasets import Dataset, IterableDataset
 from transformers import AutoModelForCausalLM, HfArgumentParser, TrainerCallback
 from trl import DPOConfig, DPOTrainer
 
+from helpers import CPU_TRAINING_ARGS
+
 from trl_opd.evaluation import sample
 from trl_opd.hooks import FlawedPrefixFilter
 from trl_opd.tiny import addition_dataset, tiny_llama, train_causal_lm
@@ -43,15 +45,9 @@ def spin_config(tmp_path, **overrides):
         per_device_eval_batch_size=8,
         max_steps=4,
         learning_rate=1e-2,
-        bf16=False,
-        use_cpu=True,
-        report_to=[],
-        logging_steps=1,
-        save_strategy="no",
-        gradient_checkpointing=False,
         disable_tqdm=True,
-        seed=0,
         max_rounds=2,
+        **CPU_TRAINING_ARGS,
         max_completion_length=6,
         num_saturation_samples=8,
     )

@@ -31,6 +31,17 @@ def _plt():
     return plt
 
 
+def _verdict_lines(verdict: str, name: str) -> list[str]:
+    """The closing lines of a section: the verdict and the section's plot."""
+    return [f"**Verdict:** {verdict}.", "", f"![{name}]({name}.png)", ""]
+
+
+def _save(plt, fig, out, name: str) -> None:
+    fig.tight_layout()
+    fig.savefig(out / f"{name}.png", dpi=90)
+    plt.close(fig)
+
+
 def compounding_verdict(res) -> str:
     ex = res["exponents"]
     off, on = ex["0.0"]["total_errors"], ex["1.0"]["total_errors"]
@@ -133,10 +144,7 @@ def _compounding(res, out):
             "student that slipped once keeps erring: the per-step error rate rises along its rollout)."
         ),
         "",
-        f"**Verdict:** {verdict}.",
-        "",
-        "![compounding](compounding.png)",
-        "",
+        *_verdict_lines(verdict, "compounding"),
     ]
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -170,7 +178,7 @@ def _compounding(res, out):
         axes[1].set_title("error along the rollout"),
     )
     axes[1].legend(fontsize=7)
-    fig.tight_layout(), fig.savefig(out / "compounding.png", dpi=90), plt.close(fig)
+    _save(plt, fig, out, "compounding")
     return lines, {"verdict": verdict}
 
 
@@ -267,10 +275,7 @@ def _modes(res, out, teacher=None):
             "column does not)."
         ),
         "",
-        f"**Verdict:** {verdict}.",
-        "",
-        "![modes](modes.png)",
-        "",
+        *_verdict_lines(verdict, "modes"),
     ]
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -294,7 +299,7 @@ def _modes(res, out, teacher=None):
         ax.legend(fontsize=7),
         ax.set_title("mass on each mode (bigram student)"),
     )
-    fig.tight_layout(), fig.savefig(out / "modes.png", dpi=90), plt.close(fig)
+    _save(plt, fig, out, "modes")
     return lines, {"verdict": verdict}
 
 
@@ -364,10 +369,7 @@ def _ablation(res, out):
             "divergence."
         ),
         "",
-        f"**Verdict:** {verdict}.",
-        "",
-        "![ablation](ablation.png)",
-        "",
+        *_verdict_lines(verdict, "ablation"),
     ]
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -387,7 +389,7 @@ def _ablation(res, out):
         ax.legend(),
         ax.set_title(f"GKD ablation, T={T}"),
     )
-    fig.tight_layout(), fig.savefig(out / "ablation.png", dpi=90), plt.close(fig)
+    _save(plt, fig, out, "ablation")
     return lines, {
         "verdict": verdict,
         "lambda_effect": lam_effect,
@@ -445,10 +447,7 @@ def _spin(res, out):
         "",
         "Seed's prediction: fast improvement, then flat (saturation).",
         "",
-        f"**Verdict:** {verdict}.",
-        "",
-        "![spin](spin.png)",
-        "",
+        *_verdict_lines(verdict, "spin"),
     ]
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -466,7 +465,7 @@ def _spin(res, out):
         ax.set_title("SPIN"),
         ax.legend(),
     )
-    fig.tight_layout(), fig.savefig(out / "spin.png", dpi=90), plt.close(fig)
+    _save(plt, fig, out, "spin")
     return lines, {"verdict": verdict, "token_error_by_round": tok_means}
 
 
@@ -592,10 +591,7 @@ def _tip(res, out):
             "(so TIP's selection should stay close to all tokens, and beat a random selection of the same size)."
         ),
         "",
-        f"**Verdict:** {verdict}.",
-        "",
-        "![tip](tip.png)",
-        "",
+        *_verdict_lines(verdict, "tip"),
     ]
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
@@ -619,7 +615,7 @@ def _tip(res, out):
     for ax, ylabel in zip(axes, ("token error", "JSD on own samples"), strict=True):
         ax.set_xlabel("kept fraction"), ax.set_ylabel(ylabel), ax.legend(fontsize=7)
     axes[0].set_title("TIP vs random selection")
-    fig.tight_layout(), fig.savefig(out / "tip.png", dpi=90), plt.close(fig)
+    _save(plt, fig, out, "tip")
     return lines, {"verdict": verdict}
 
 
