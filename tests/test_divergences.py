@@ -342,7 +342,7 @@ def test_chunked_gradient_is_float32_accurate_where_the_student_is_peaked(diverg
 
 def test_chunked_backward_skips_zero_weight_rows(monkeypatch):
     """Documented: rows of weight 0 are not recomputed in the backward pass (hard token selection saves work)."""
-    from trl_opd import divergences
+    from trl_opd.divergences import engine as divergences
 
     seen = []
     original = divergences._ChunkSpec.evaluate

@@ -401,7 +401,7 @@ def test_loss_chunk_rss_within_35_percent():
         import json, re, sys, torch
         torch.set_num_threads(1)
         sys.path.insert(0, {str(ROOT)!r})
-        from trl_opd import divergences as module
+        from trl_opd.divergences import engine as module
         def status(field):
             with open("/proc/self/status") as f:
                 return int(re.search(field + r":\\s+(\\d+) kB", f.read()).group(1)) * 1024

@@ -4,19 +4,21 @@ Public names: :class:`GKDConfig` / :class:`GKDTrainer` (λ-mixed generalized KD)
 :class:`MiniLLMTrainer` (reverse KL as policy gradient), :class:`SPINConfig` / :class:`SPINTrainer` (self-play
 rounds), the divergence library :mod:`trl_opd.divergences`, λ schedules :mod:`trl_opd.schedules`, and the hooks
 :class:`TokenImportance`, :class:`PacedCurriculum`, :class:`FlawedPrefixFilter` (:mod:`trl_opd.hooks`).
+
+Every name loads on first use: ``import trl_opd`` imports neither torch, transformers nor TRL (importing TRL takes
+several seconds), so ``trl-opd plan`` and ``--help`` answer at once.
 """
 
 import importlib
 
-from .divergences import chunked_per_token_divergence, per_token_divergence
-from .hooks import FlawedPrefixFilter, PacedCurriculum, TokenImportance
-from .schedules import LambdaSchedule
-
-
-# The trainers import TRL (several seconds); they load on first use so that `trl-opd plan` and the math stay fast.
-_LAZY = {name: ".trainers" for name in (
-    "GKDConfig", "GKDTrainer", "MiniLLMConfig", "MiniLLMTrainer", "SPINConfig", "SPINTrainer"
-)}
+_LAZY = {
+    **dict.fromkeys(
+        ("GKDConfig", "GKDTrainer", "MiniLLMConfig", "MiniLLMTrainer", "SPINConfig", "SPINTrainer"), ".trainers"
+    ),
+    **dict.fromkeys(("FlawedPrefixFilter", "PacedCurriculum", "TokenImportance"), ".hooks"),
+    **dict.fromkeys(("chunked_per_token_divergence", "per_token_divergence"), ".divergences"),
+    "LambdaSchedule": ".schedules",
+}
 
 
 def __getattr__(name):
@@ -25,19 +27,10 @@ def __getattr__(name):
     raise AttributeError(f"module 'trl_opd' has no attribute {name!r}")
 
 
+def __dir__():
+    return sorted([*globals(), *_LAZY])
+
+
 __version__ = "0.1.0"
 
-__all__ = [
-    "FlawedPrefixFilter",
-    "GKDConfig",
-    "GKDTrainer",
-    "LambdaSchedule",
-    "MiniLLMConfig",
-    "MiniLLMTrainer",
-    "PacedCurriculum",
-    "SPINConfig",
-    "SPINTrainer",
-    "TokenImportance",
-    "chunked_per_token_divergence",
-    "per_token_divergence",
-]
+__all__ = sorted(_LAZY)

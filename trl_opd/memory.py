@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .divergences.registry import DIVERGENCES, loss_tiles
 from .tiling import default_chunk_rows
 
 __all__ = [
@@ -78,12 +79,7 @@ LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 QUANTIZATIONS = ("fp32", "bf16", "fp16", "nf4", "int8")
 GENERATION_BACKENDS = ("hf", "vllm", "vllm-server")
 OPTIMIZERS = ("adamw", "adamw_8bit")
-DIVERGENCES = ("jsd", "fkl", "rkl", "tvd")
 
-#: Peak of the chunked loss in (rows × V) float32 tiles, measured with :class:`LiveTensorMeter` (tests/test_memory.py):
-#: the fused loss pass that GKDTrainer runs (value and analytic gradient together), the per-token path's forward and
-#: its backward all peak at these counts (the per-chunk evaluation updates its tiles in place).
-LOSS_TILES = {"jsd": 5.0, "fkl": 4.0, "rkl": 3.0, "tvd": 3.0}
 NF4_BLOCKSIZE = 64  # bitsandbytes' default for 4-bit weights: one absmax per 64 weights
 NF4_NESTED_BLOCKSIZE = 256  # double quantization: one float32 absmax per 256 8-bit absmax values
 
@@ -550,7 +546,7 @@ def activation_bytes(shape: ModelShape, plan: TrainingPlan, device: str = "cuda"
 def loss_chunk_bytes(student: ModelShape, teacher: ModelShape, plan: TrainingPlan) -> float:
     """Peak of the chunked divergence (forward + backward) on the micro-batch's completion tokens.
 
-    ``min(rows, N) × V × 4`` bytes per tile, ``LOSS_TILES[divergence]`` tiles at the backward peak; plus the gathered
+    ``min(rows, N) × V × 4`` bytes per tile, ``loss_tiles(divergence)`` tiles at the peak (the divergence registry); plus the gathered
     student and teacher hidden states of the N completion tokens, the float32 gradient of the student's (and its cast),
     the teacher's output hidden states (B × T × H_t, alive until the loss returns), and, when the
     ``lm_head`` is trained (full fine-tuning), the float32 V × H gradient accumulator (updated in place, chunk by
@@ -561,7 +557,7 @@ def loss_chunk_bytes(student: ModelShape, teacher: ModelShape, plan: TrainingPla
     rows = min(_tile_rows(student, plan), n)
     tile = rows * vocab * 4
     b_s, b_t = _compute_bytes(plan.student_quant), _compute_bytes(plan.teacher_quant)
-    total = LOSS_TILES[plan.divergence] * tile
+    total = loss_tiles(plan.divergence) * tile
     total += n * (student.hidden_size * (b_s + 4 + b_s) + teacher.hidden_size * b_t + 3 * 4)
     total += plan.per_device_batch_size * plan.sequence_length * teacher.hidden_size * b_t  # teacher's hidden states
     if plan.full_finetuning:

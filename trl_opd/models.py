@@ -7,6 +7,8 @@ import logging
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from .divergences.heads import head_transform  # noqa: F401  (re-exported: trl_opd.models.head_transform)
+
 
 logger = logging.getLogger(__name__)
 
@@ -95,22 +97,6 @@ def disable_bnb_cpu_weight_repacking(model: torch.nn.Module) -> int:
             module.support_avx512bf16_for_cpu = False
             changed += 1
     return changed
-
-
-def head_transform(config) -> tuple[float, float | None]:
-    """``(logit_scale, final_logit_softcapping)`` a model applies after its ``lm_head`` (1.0 / None for most).
-
-    Mirrors TRL's ``DistillationTrainer``: Cohere ``logit_scale``, Muse ``output_multiplier``, Falcon-H1
-    ``lm_head_multiplier``, Granite/MiniCPM3 ``1 / logits_scaling`` (HyperCLOVA X multiplies), Gemma softcapping.
-    """
-    config = config.get_text_config()
-    scale = getattr(config, "logit_scale", None)
-    for name in ("output_multiplier", "lm_head_multiplier"):
-        if scale is None:
-            scale = getattr(config, name, None)
-    if scale is None and getattr(config, "logits_scaling", None) is not None:
-        scale = config.logits_scaling if config.model_type == "hyperclovax" else 1 / config.logits_scaling
-    return (1.0 if scale is None else float(scale)), getattr(config, "final_logit_softcapping", None)
 
 
 def last_hidden_states(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int) -> torch.Tensor:

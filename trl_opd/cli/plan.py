@@ -1,25 +1,13 @@
-"""The ``trl-opd`` command line: one subcommand per task.
-
-    trl-opd plan --student DIR --teacher DIR [options]     # will it fit? peak GPU memory per part, per GPU size
-    trl-opd plan --recipe 7b-nf4-14b-bf16                    # a packaged recipe (see --list-recipes)
-    python -m trl_opd.cli plan ...                          # the same without the console script
-
-Each subcommand is a ``register_<name>(subparsers)`` function that adds its parser and sets ``func`` to the function
-that runs it (``func(args) -> int``, the exit code); add a new one to :data:`SUBCOMMANDS`.
-"""
+"""``trl-opd plan``: predict the peak GPU memory of a distillation run (:mod:`trl_opd.memory`)."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
-from collections.abc import Callable, Sequence
 from dataclasses import fields, replace
 
+from . import UsageError
 
-# ----------------------------------------------------------------------------------------------------------------------
-# plan
-# ----------------------------------------------------------------------------------------------------------------------
 
 # command-line flag -> TrainingPlan field (flags left unset keep the recipe's or the plan's default)
 _PLAN_FLAGS = {
@@ -42,8 +30,8 @@ _PLAN_FLAGS = {
 }
 
 
-def register_plan(subparsers) -> None:
-    from .memory import DIVERGENCES, GENERATION_BACKENDS, GPU_SIZES_GB, OPTIMIZERS, QUANTIZATIONS, RECIPES
+def register(subparsers) -> None:
+    from ..memory import DIVERGENCES, GENERATION_BACKENDS, GPU_SIZES_GB, OPTIMIZERS, QUANTIZATIONS, RECIPES
 
     parser = subparsers.add_parser(
         "plan",
@@ -87,7 +75,7 @@ def register_plan(subparsers) -> None:
 
 
 def run_plan(args: argparse.Namespace) -> int:
-    from .memory import RECIPES, ModelShape, TrainingPlan, packaged_configs, predict
+    from ..memory import RECIPES, ModelShape, TrainingPlan, packaged_configs, predict
 
     if args.list_recipes:
         for name, (student, teacher, plan) in RECIPES.items():
@@ -103,7 +91,7 @@ def run_plan(args: argparse.Namespace) -> int:
     missing = [flag for flag, value in (("--student", student), ("--teacher", teacher)) if value is None]
     if missing:
         verb = "is" if len(missing) == 1 else "are"
-        raise _UsageError(f"{' and '.join(missing)} {verb} required (or --recipe NAME).")
+        raise UsageError(f"{' and '.join(missing)} {verb} required (or --recipe NAME).")
     overrides = {
         field_name: getattr(args, flag) for flag, field_name in _PLAN_FLAGS.items() if getattr(args, flag) is not None
     }
@@ -117,90 +105,3 @@ def run_plan(args: argparse.Namespace) -> int:
     else:
         print(estimate.table(args.gpu))
     return 0
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# lab
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-def register_lab(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "lab",
-        help="run the tutorial's experiments for real on tiny tasks and write a report",
-        description=(
-            "The OPD lab: error compounding, mode covering vs seeking, the GKD ablation, SPIN rounds and TIP, each run "
-            "with the package's trainers on tiny synthetic tasks with a teacher trained inside the lab. Writes "
-            "report.md, results.json and PNG plots. No downloads; --quick takes a few minutes on 2 CPU cores."
-        ),
-    )
-    size = parser.add_mutually_exclusive_group()
-    size.add_argument("--quick", dest="size", action="store_const", const="quick", help="(default) 2-3 seeds, T up to 40, ~3.5 min on 2 cores")
-    size.add_argument("--full", dest="size", action="store_const", const="full", help="3-5 seeds, T up to 40, more steps and samples")
-    size.add_argument("--smoke", dest="size", action="store_const", const="smoke", help="seconds-long pipeline check")
-    parser.add_argument("--output", default="opd-lab", help="output folder (default: opd-lab)")
-    parser.add_argument("--seed", type=int, default=0, help="base seed (seeds are base, base+1, ...)")
-    parser.add_argument("--experiments", nargs="+", default=None, metavar="NAME",
-                        help="subset of: compounding modes ablation spin tip (default: all)")
-    parser.set_defaults(func=run_lab_command, size="quick")
-
-
-def run_lab_command(args: argparse.Namespace) -> int:
-    import os
-
-    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-    from tqdm.auto import tqdm
-
-    from .lab import EXPERIMENTS, SIZES, count_runs, run_lab, write_report
-
-    experiments = args.experiments or list(EXPERIMENTS)
-    unknown = sorted(set(experiments) - set(EXPERIMENTS))
-    if unknown:
-        raise _UsageError(f"unknown experiment(s) {', '.join(unknown)}; choose from {', '.join(EXPERIMENTS)}.")
-    size = SIZES[args.size]
-    with tqdm(total=count_runs(size, experiments), desc=f"lab ({size.name})", unit="run") as bar:
-        results = run_lab(size, experiments, seed=args.seed, progress=bar)
-    command = "trl-opd lab --" + size.name + (f" --seed {args.seed}" if args.seed else "")
-    if args.experiments:
-        command += " --experiments " + " ".join(experiments)
-    path = write_report(results, args.output, command)
-    print(f"report: {path}")
-    return 0
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# entry point
-# ----------------------------------------------------------------------------------------------------------------------
-
-#: Subcommand registrars, in the order ``--help`` lists them. Add ``register_gkd``, ``register_lab``, ... here.
-SUBCOMMANDS: list[Callable] = [register_plan, register_lab]
-
-
-class _UsageError(Exception):
-    """A command-line mistake: printed as ``trl-opd <cmd>: error: ...`` with exit code 2."""
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="trl-opd", description="On-policy distillation for Hugging Face TRL.")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    subparsers.required = True
-    for register in SUBCOMMANDS:
-        register(subparsers)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``trl-opd``; returns the exit code (0 ok, 2 usage or config error)."""
-    from .memory import ConfigError
-
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except (_UsageError, ConfigError, ValueError) as error:
-        print(f"trl-opd {args.command}: error: {error}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
