@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 
+
 IMPLEMENTATIONS = ("ours dense", "ours chunked", "ours fused", "TRL GKD", "TRL chunked")
 
 
@@ -62,12 +63,15 @@ def measure(impl: str, vocab: int, tokens: int, hidden: int, repeats: int, warmu
     w_t = torch.randn(vocab, hidden) * 2
 
     if impl == "ours dense":
+
         def step():
             return per_token_divergence(h_s @ w_s.T, h_t @ w_t.T, "jsd", 0.5).mean()
     elif impl == "ours chunked":
+
         def step():
             return chunked_per_token_divergence(h_s, h_t, w_s, w_t, "jsd", 0.5).mean()
     elif impl == "ours fused":
+
         def step():
             return chunked_divergence_loss(h_s, h_t, w_s, w_t, "jsd", 0.5, normalizer=tokens)[0]
     elif impl == "TRL GKD":
@@ -94,8 +98,14 @@ def measure(impl: str, vocab: int, tokens: int, hidden: int, repeats: int, warmu
         if i >= warmup:
             times.append(time.perf_counter() - start)
         value = loss.item()
-    return {"impl": impl, "vocab": vocab, "tokens": tokens, "seconds": statistics.median(times),
-            "extra_mib": status_mib("VmHWM") - base, "value": value}
+    return {
+        "impl": impl,
+        "vocab": vocab,
+        "tokens": tokens,
+        "seconds": statistics.median(times),
+        "extra_mib": status_mib("VmHWM") - base,
+        "value": value,
+    }
 
 
 def main():
@@ -105,8 +115,9 @@ def main():
     parser.add_argument("--hidden", type=int, default=896)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1, help="untimed passes before the timed ones")
-    parser.add_argument("--max-gib", type=float, default=20.0,
-                        help="skip full-logit implementations whose estimated peak exceeds this")
+    parser.add_argument(
+        "--max-gib", type=float, default=20.0, help="skip full-logit implementations whose estimated peak exceeds this"
+    )
     parser.add_argument("--impl", nargs="+", default=list(IMPLEMENTATIONS), choices=IMPLEMENTATIONS)
     parser.add_argument("--_child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -117,7 +128,10 @@ def main():
         return
 
     print("command:", "OMP_NUM_THREADS=%s python" % os.environ.get("OMP_NUM_THREADS", "?"), " ".join(sys.argv))
-    header = f"| {'V':>7} | {'N':>5} | {'implementation':<13} | {'median s':>8} | {'extra MiB':>9} | {'x dense time':>12} | {'x dense mem':>11} | {'loss':>8} |"
+    header = (
+        f"| {'V':>7} | {'N':>5} | {'implementation':<13} | {'median s':>8} | {'extra MiB':>9} | {'x dense time':>12} "
+        f"| {'x dense mem':>11} | {'loss':>8} |"
+    )
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
     for vocab in args.vocab:
@@ -126,22 +140,39 @@ def main():
             for impl in args.impl:
                 need_gib = DENSE_BYTES_PER_LOGIT.get(impl, 0) * tokens * vocab / 2**30
                 if need_gib > args.max_gib:
-                    print(f"| {vocab:>7} | {tokens:>5} | {impl:<13} | skipped: needs about {need_gib:.0f} GiB "
-                          f"(> --max-gib {args.max_gib:g}) |")
+                    print(
+                        f"| {vocab:>7} | {tokens:>5} | {impl:<13} | skipped: needs about {need_gib:.0f} GiB "
+                        f"(> --max-gib {args.max_gib:g}) |"
+                    )
                     continue
-                cmd = [sys.executable, __file__, "--hidden", str(args.hidden), "--repeats", str(args.repeats),
-                       "--warmup", str(args.warmup), "--_child", impl, f"{vocab}x{tokens}"]
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--hidden",
+                    str(args.hidden),
+                    "--repeats",
+                    str(args.repeats),
+                    "--warmup",
+                    str(args.warmup),
+                    "--_child",
+                    impl,
+                    f"{vocab}x{tokens}",
+                ]
                 done = subprocess.run(cmd, capture_output=True, text=True)
                 if done.returncode != 0:
-                    print(f"| {vocab:>7} | {tokens:>5} | {impl:<13} | failed: {done.stderr.strip().splitlines()[-1][:60]}")
+                    print(
+                        f"| {vocab:>7} | {tokens:>5} | {impl:<13} | failed: {done.stderr.strip().splitlines()[-1][:60]}"
+                    )
                     continue
                 rows[impl] = json.loads(done.stdout.strip().splitlines()[-1])
             dense = rows.get("ours dense")
             for impl, r in rows.items():
                 t_ratio = r["seconds"] / dense["seconds"] if dense else float("nan")
                 m_ratio = r["extra_mib"] / dense["extra_mib"] if dense else float("nan")
-                print(f"| {vocab:>7} | {tokens:>5} | {impl:<13} | {r['seconds']:>8.3f} | {r['extra_mib']:>9.0f} | "
-                      f"{t_ratio:>12.2f} | {m_ratio:>11.2f} | {r['value']:>8.5f} |")
+                print(
+                    f"| {vocab:>7} | {tokens:>5} | {impl:<13} | {r['seconds']:>8.3f} | {r['extra_mib']:>9.0f} | "
+                    f"{t_ratio:>12.2f} | {m_ratio:>11.2f} | {r['value']:>8.5f} |"
+                )
 
 
 if __name__ == "__main__":

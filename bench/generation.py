@@ -14,6 +14,7 @@ import statistics
 import sys
 import time
 
+
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
 import torch  # noqa: E402
@@ -37,10 +38,18 @@ def main():
     student = AutoModelForCausalLM.from_pretrained(student_dir)
     data = reasoning_gym_dataset("gsm_symbolic", size=args.prompts, seed=0)
     trainer = GKDTrainer(
-        model=student, teacher_model=AutoModelForCausalLM.from_pretrained(teacher_dir), processing_class=tokenizer,
-        train_dataset=data, args=GKDConfig(
-            output_dir="/tmp/bench-generation", lmbda=1.0, max_completion_length=args.new_tokens, bf16=False,
-            use_cpu=True, report_to=[], gradient_checkpointing=False,
+        model=student,
+        teacher_model=AutoModelForCausalLM.from_pretrained(teacher_dir),
+        processing_class=tokenizer,
+        train_dataset=data,
+        args=GKDConfig(
+            output_dir="/tmp/bench-generation",
+            lmbda=1.0,
+            max_completion_length=args.new_tokens,
+            bf16=False,
+            use_cpu=True,
+            report_to=[],
+            gradient_checkpointing=False,
             generation_kwargs={"min_new_tokens": args.new_tokens},
         ),
     )
@@ -48,7 +57,9 @@ def main():
     prompt_ids, _, _ = trainer._tokenize_prompts([r["prompt"] for r in rows])
     width = max(map(len, prompt_ids))
     input_ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(p)) + p for p in prompt_ids])
-    attention_mask = (torch.arange(width)[None, :] >= (width - torch.tensor([len(p) for p in prompt_ids]))[:, None]).long()
+    attention_mask = (
+        torch.arange(width)[None, :] >= (width - torch.tensor([len(p) for p in prompt_ids]))[:, None]
+    ).long()
 
     def inside_trainer():
         trainer._pending = {"rows": rows, "on_policy": [True] * len(rows), "dropped": [False] * len(rows)}
@@ -59,9 +70,16 @@ def main():
 
     def plain_generate():
         with torch.no_grad():
-            out = student.generate(input_ids=input_ids, attention_mask=attention_mask, do_sample=True, temperature=1.0,
-                                   top_k=0, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
-                                   pad_token_id=tokenizer.pad_token_id)
+            out = student.generate(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                do_sample=True,
+                temperature=1.0,
+                top_k=0,
+                max_new_tokens=args.new_tokens,
+                min_new_tokens=args.new_tokens,
+                pad_token_id=tokenizer.pad_token_id,
+            )
         return (out.shape[1] - width) * out.shape[0]
 
     print("| path | median s | tokens | tokens/s | ratio |\n|---|---|---|---|---|")

@@ -26,6 +26,7 @@ import time
 
 from transformers import TrainerCallback
 
+
 CONFIGS = ("trl_opd λ=0.5", "TRL GKD λ=0.5", "trl_opd λ=1", "TRL Distillation λ=1")
 
 
@@ -101,9 +102,22 @@ def run(config: str, steps: int, batch: int, completion_length: int, phases: boo
     teacher = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=torch.float32)
     data = reasoning_gym_dataset("gsm_symbolic", size=64, seed=0)
     lmbda = 0.5 if "0.5" in config else 1.0
-    common = dict(output_dir="/tmp/bench-gkd-step", max_steps=steps, per_device_train_batch_size=batch,
-                  learning_rate=1e-5, bf16=False, use_cpu=True, report_to=[], save_strategy="no", logging_steps=1,
-                  gradient_checkpointing=False, disable_tqdm=True, seed=0, temperature=1.0, beta=0.5)
+    common = dict(
+        output_dir="/tmp/bench-gkd-step",
+        max_steps=steps,
+        per_device_train_batch_size=batch,
+        learning_rate=1e-5,
+        bf16=False,
+        use_cpu=True,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=1,
+        gradient_checkpointing=False,
+        disable_tqdm=True,
+        seed=0,
+        temperature=1.0,
+        beta=0.5,
+    )
 
     class StepTimer(TrainerCallback):
         def __init__(self):
@@ -120,25 +134,37 @@ def run(config: str, steps: int, batch: int, completion_length: int, phases: boo
     if config.startswith("trl_opd"):
         from trl_opd import GKDConfig, GKDTrainer
 
-        trainer = GKDTrainer(model=student, teacher_model=teacher, processing_class=tokenizer, train_dataset=data,
-                             args=GKDConfig(**common, lmbda=lmbda, max_completion_length=completion_length),
-                             callbacks=[timer])
+        trainer = GKDTrainer(
+            model=student,
+            teacher_model=teacher,
+            processing_class=tokenizer,
+            train_dataset=data,
+            args=GKDConfig(**common, lmbda=lmbda, max_completion_length=completion_length),
+            callbacks=[timer],
+        )
     elif config.startswith("TRL GKD"):
         from trl.experimental.gkd import GKDConfig, GKDTrainer
 
-        messages = data.map(lambda r: {"messages": r["prompt"] + r["completion"]},
-                            remove_columns=data.column_names)
-        trainer = GKDTrainer(model=student, teacher_model=teacher, processing_class=tokenizer, train_dataset=messages,
-                             args=GKDConfig(**common, lmbda=lmbda, max_new_tokens=completion_length,
-                                            max_length=1024),
-                             callbacks=[timer])
+        messages = data.map(lambda r: {"messages": r["prompt"] + r["completion"]}, remove_columns=data.column_names)
+        trainer = GKDTrainer(
+            model=student,
+            teacher_model=teacher,
+            processing_class=tokenizer,
+            train_dataset=messages,
+            args=GKDConfig(**common, lmbda=lmbda, max_new_tokens=completion_length, max_length=1024),
+            callbacks=[timer],
+        )
     else:
         from trl import DistillationConfig, DistillationTrainer
 
-        trainer = DistillationTrainer(model=student, teacher_model=teacher, processing_class=tokenizer,
-                                      train_dataset=data.remove_columns("completion"),
-                                      args=DistillationConfig(**common, max_completion_length=completion_length),
-                                      callbacks=[timer])
+        trainer = DistillationTrainer(
+            model=student,
+            teacher_model=teacher,
+            processing_class=tokenizer,
+            train_dataset=data.remove_columns("completion"),
+            args=DistillationConfig(**common, max_completion_length=completion_length),
+            callbacks=[timer],
+        )
     if meter is not None:
         meter.attach(trainer)
     trainer.train()
@@ -175,8 +201,18 @@ def main():
     print("|---|---|---|---|---|---|")
     results = {}
     for config in args.configs:
-        cmd = [sys.executable, __file__, "--steps", str(args.steps), "--batch", str(args.batch),
-               "--completion-length", str(args.completion_length), "--_child", config] + ["--phases"] * args.phases
+        cmd = [
+            sys.executable,
+            __file__,
+            "--steps",
+            str(args.steps),
+            "--batch",
+            str(args.batch),
+            "--completion-length",
+            str(args.completion_length),
+            "--_child",
+            config,
+        ] + ["--phases"] * args.phases
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
             print(f"| {config} | failed: {done.stderr.strip().splitlines()[-1][:80]} |")
@@ -193,7 +229,7 @@ def main():
             print(f"| {config} | {r['seconds']:.2f} | {tps} | {r['peak_mib']:.0f} | {ratio_t:.2f} | {ratio_m:.2f} |")
     if args.phases:
         names = ("step", "generate", "loss", "backward", "optimizer")
-        print("\npeak RSS MiB by phase (\"step\": model loading and everything outside the named phases)\n")
+        print('\npeak RSS MiB by phase ("step": model loading and everything outside the named phases)\n')
         print("| configuration | " + " | ".join(names) + " |")
         print("|---|" + "---|" * len(names))
         for config, r in results.items():

@@ -1,4 +1,5 @@
-"""What the stability hooks do on a tiny task: TIP kept fraction vs final divergence, and flawed-prefix rejection counts.
+"""What the stability hooks do on a tiny task: TIP kept fraction vs final divergence, and flawed-prefix rejection
+counts.
 
     OMP_NUM_THREADS=1 python bench/hooks_report.py [--seeds 0 1 2] [--steps 40]
 
@@ -17,11 +18,13 @@ import statistics
 import sys
 import tempfile
 
+
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
 import torch  # noqa: E402
 from transformers.trainer_callback import PrinterCallback, ProgressCallback  # noqa: E402
+
 
 torch.set_num_threads(1)
 
@@ -32,9 +35,22 @@ from trl_opd.tiny import addition_dataset, char_tokenizer, tiny_llama, train_cau
 
 def config(out, steps, seed):
     return GKDConfig(
-        output_dir=out, max_steps=steps, per_device_train_batch_size=8, per_device_eval_batch_size=16,
-        max_completion_length=6, learning_rate=3e-3, lmbda=0.5, divergence="jsd", beta=0.5, seed=seed,
-        bf16=False, use_cpu=True, gradient_checkpointing=False, report_to=[], save_strategy="no", logging_steps=1,
+        output_dir=out,
+        max_steps=steps,
+        per_device_train_batch_size=8,
+        per_device_eval_batch_size=16,
+        max_completion_length=6,
+        learning_rate=3e-3,
+        lmbda=0.5,
+        divergence="jsd",
+        beta=0.5,
+        seed=seed,
+        bf16=False,
+        use_cpu=True,
+        gradient_checkpointing=False,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=1,
         disable_tqdm=True,
     )
 
@@ -55,9 +71,13 @@ def tip_run(tok, dataset, teacher, keep_fraction, steps, seed):
     hook = None if keep_fraction >= 1.0 else TokenImportance(mode="top_fraction", keep_fraction=keep_fraction)
     with tempfile.TemporaryDirectory() as out:
         trainer = GKDTrainer(
-            model=tiny_llama(len(tok), tokenizer=tok, seed=100 + seed), teacher_model=teacher,
-            args=config(out, steps, seed), train_dataset=dataset, eval_dataset=dataset.select(range(32)),
-            processing_class=tok, token_importance=hook,
+            model=tiny_llama(len(tok), tokenizer=tok, seed=100 + seed),
+            teacher_model=teacher,
+            args=config(out, steps, seed),
+            train_dataset=dataset,
+            eval_dataset=dataset.select(range(32)),
+            processing_class=tok,
+            token_importance=hook,
         )
         quiet(trainer).train()
         return trainer.evaluate()["eval_loss"]
@@ -67,13 +87,20 @@ def rejection_run(tok, dataset, student, steps):
     with tempfile.TemporaryDirectory() as out:
         args = config(out, steps, 0)
         args.lmbda, args.max_completion_length = 1.0, 12
-        trainer = GKDTrainer(model=student, teacher_model=tiny_llama(len(tok), tokenizer=tok, seed=2),
-                             args=args, train_dataset=dataset, processing_class=tok,
-                             prefix_filter=FlawedPrefixFilter())
+        trainer = GKDTrainer(
+            model=student,
+            teacher_model=tiny_llama(len(tok), tokenizer=tok, seed=2),
+            args=args,
+            train_dataset=dataset,
+            processing_class=tok,
+            prefix_filter=FlawedPrefixFilter(),
+        )
         quiet(trainer).train()
         logs = [log for log in trainer.state.log_history if "prefix_filter/rejected" in log]
-        return {key: sum(log[f"prefix_filter/{key}"] for log in logs)
-                for key in ("rejected", "rejected_loop", "rejected_perplexity")}, 8 * steps
+        return {
+            key: sum(log[f"prefix_filter/{key}"] for log in logs)
+            for key in ("rejected", "rejected_loop", "rejected_perplexity")
+        }, 8 * steps
 
 
 def looping_student(tok):
@@ -102,16 +129,22 @@ def main():
     for fraction in args.fractions:
         values = [tip_run(tok, dataset, teacher, fraction, args.steps, seed) for seed in args.seeds]
         spread = statistics.stdev(values) if len(values) > 1 else 0.0
-        print(f"| {fraction:.1f} | {statistics.mean(values):.4f} | {spread:.4f} | "
-              f"{', '.join(f'{v:.4f}' for v in values)} |")
+        print(
+            f"| {fraction:.1f} | {statistics.mean(values):.4f} | {spread:.4f} | "
+            f"{', '.join(f'{v:.4f}' for v in values)} |"
+        )
 
     print("\nFlawed-prefix rejection (λ = 1, 8 rollouts per step, 12 tokens, default filter)")
     print("| student | rollouts | rejected | loop | perplexity |\n|---|---|---|---|---|")
-    for name, student in (("always emits '7' (loops)", looping_student(tok)),
-                          ("random init", tiny_llama(len(tok), tokenizer=tok, seed=1))):
+    for name, student in (
+        ("always emits '7' (loops)", looping_student(tok)),
+        ("random init", tiny_llama(len(tok), tokenizer=tok, seed=1)),
+    ):
         counts, total = rejection_run(tok, dataset, student, 5)
-        print(f"| {name} | {total} | {counts['rejected']:.0f} | {counts['rejected_loop']:.0f} | "
-              f"{counts['rejected_perplexity']:.0f} |")
+        print(
+            f"| {name} | {total} | {counts['rejected']:.0f} | {counts['rejected_loop']:.0f} | "
+            f"{counts['rejected_perplexity']:.0f} |"
+        )
 
 
 if __name__ == "__main__":

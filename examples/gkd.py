@@ -17,6 +17,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
+
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # on small CPUs two threads make small matmuls 20-60x slower
 
 import torch

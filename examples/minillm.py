@@ -14,6 +14,7 @@
 import os
 from dataclasses import dataclass, field
 
+
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # on small CPUs two threads make small matmuls 20-60x slower
 
 import torch
@@ -39,8 +40,11 @@ def report(trainer, tokenizer, dataset, reward_fn):
     student = trainer.accelerator.unwrap_model(trainer.model)
     teacher = trainer.accelerator.unwrap_model(trainer.teacher_model)
     prompts = [tokenizer.apply_chat_template(p, add_generation_prompt=True)["input_ids"] for p in dataset["prompt"]]
-    kwargs = dict(pad_token_id=tokenizer.pad_token_id, eos_token_ids=list(trainer.eos_token_ids),
-                  max_new_tokens=trainer.max_completion_length)
+    kwargs = dict(
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_ids=list(trainer.eos_token_ids),
+        max_new_tokens=trainer.max_completion_length,
+    )
     greedy = sample(student, prompts, do_sample=False, **kwargs)
     texts = tokenizer.batch_decode(greedy, skip_special_tokens=True)
     accuracy = sum(reward_fn(completions=texts, entry_index=dataset["entry_index"])) / len(texts)
@@ -48,8 +52,9 @@ def report(trainer, tokenizer, dataset, reward_fn):
     return {
         "accuracy (greedy)": accuracy,
         "teacher log-prob per token": mean_token_log_prob(teacher, prompts, sampled),
-        "reverse KL on own samples": mean_divergence(student, teacher, prompts, sampled, "rkl",
-                                                     vocab_size=trainer.vocab_size),
+        "reverse KL on own samples": mean_divergence(
+            student, teacher, prompts, sampled, "rkl", vocab_size=trainer.vocab_size
+        ),
     }
 
 
@@ -99,8 +104,10 @@ def main():
     before = report(trainer, tokenizer, eval_dataset, eval_reward)
     trainer.train()
     after = report(trainer, tokenizer, eval_dataset, eval_reward)
-    print(f"\nMiniLLM on {script_args.task} ({trainer.state.global_step} steps, "
-          f"lambda={training_args.extrapolation_lambda}, beta={training_args.external_reward_coef}):")
+    print(
+        f"\nMiniLLM on {script_args.task} ({trainer.state.global_step} steps, "
+        f"lambda={training_args.extrapolation_lambda}, beta={training_args.external_reward_coef}):"
+    )
     for key in before:
         print(f"  {key:<28} {before[key]:.4f} -> {after[key]:.4f}")
     trainer.save_model(training_args.output_dir)

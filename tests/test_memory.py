@@ -41,6 +41,7 @@ from trl_opd.memory import (
     weight_bytes,
 )
 
+
 ROOT = Path(__file__).resolve().parents[1]
 needs_bnb = pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes not installed")
 
@@ -69,10 +70,25 @@ def shape_of(config) -> ModelShape:
         *[AutoConfig.from_pretrained(d) for d in memory.packaged_configs().values()],
         tiny_config(),
         tiny_config(tie_word_embeddings=True, attention_bias=True, mlp_bias=True, head_dim=48),
-        AutoConfig.for_model("qwen3", vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                             num_attention_heads=4, num_key_value_heads=2, head_dim=32),
-        AutoConfig.for_model("mistral", vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                             num_attention_heads=4, num_key_value_heads=1),
+        AutoConfig.for_model(
+            "qwen3",
+            vocab_size=300,
+            hidden_size=64,
+            intermediate_size=96,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=32,
+        ),
+        AutoConfig.for_model(
+            "mistral",
+            vocab_size=300,
+            hidden_size=64,
+            intermediate_size=96,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+        ),
     ],  # fmt: skip
     ids=lambda c: f"{c.model_type}-{c.hidden_size}x{c.num_hidden_layers}",
 )
@@ -266,9 +282,11 @@ def test_kv_cache_is_exact(batch, length):
     assert measured == batch * (prompt + completion - 1) * shape.kv_bytes_per_token(2)
     plan = TrainingPlan(per_device_batch_size=batch, prompt_length=prompt, completion_length=completion)
     predicted = predict(shape, shape, plan).parts["kv_cache"]
-    assert measured <= predicted <= measured * (1 + 1 / config.num_hidden_layers) * (prompt + completion) / (
-        prompt + completion - 1
-    ) + 1
+    assert (
+        measured
+        <= predicted
+        <= measured * (1 + 1 / config.num_hidden_layers) * (prompt + completion) / (prompt + completion - 1) + 1
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -12,10 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 from datasets import Dataset, IterableDataset
+from helpers import CPU_TRAINING_ARGS
 from transformers import AutoModelForCausalLM, HfArgumentParser, TrainerCallback
 from trl import DPOConfig, DPOTrainer
-
-from helpers import CPU_TRAINING_ARGS
 
 from trl_opd.evaluation import sample
 from trl_opd.hooks import FlawedPrefixFilter
@@ -58,8 +57,9 @@ def spin_config(tmp_path, **overrides):
 def make_spin(tmp_path, tok, dataset, model=None, **overrides):
     hooks = {key: overrides.pop(key) for key in ("prefix_filter", "peft_config", "chosen_model") if key in overrides}
     model = model if model is not None else tiny_llama(len(tok), tokenizer=tok, seed=1)
-    return SPINTrainer(model=model, args=spin_config(tmp_path, **overrides), train_dataset=dataset,
-                       processing_class=tok, **hooks)
+    return SPINTrainer(
+        model=model, args=spin_config(tmp_path, **overrides), train_dataset=dataset, processing_class=tok, **hooks
+    )
 
 
 def read_pairs(folder: Path) -> list[dict]:
@@ -92,8 +92,15 @@ def test_spin_loss_equals_trls_dpo_loss(tmp_path, tok, loss_type):
     policy = tiny_llama(len(tok), tokenizer=tok, seed=1)
     reference = tiny_llama(len(tok), tokenizer=tok, seed=2)
     pairs = Dataset.from_list([{"prompt": f"{a}+{a}=", "chosen": str(2 * a), "rejected": f"{a}{a}x"} for a in range(6)])
-    args = DPOConfig(output_dir=str(tmp_path), bf16=False, use_cpu=True, report_to=[], beta=0.3,
-                     loss_type=[loss_type], gradient_checkpointing=False)
+    args = DPOConfig(
+        output_dir=str(tmp_path),
+        bf16=False,
+        use_cpu=True,
+        report_to=[],
+        beta=0.3,
+        loss_type=[loss_type],
+        gradient_checkpointing=False,
+    )
     trainer = DPOTrainer(model=policy, ref_model=reference, args=args, train_dataset=pairs, processing_class=tok)
     rows = [trainer.train_dataset[i] for i in range(6)]
     batch = trainer.data_collator([{k: r[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids")} for r in rows])
@@ -106,8 +113,14 @@ def test_spin_loss_equals_trls_dpo_loss(tmp_path, tok, loss_type):
         for name, model in (("policy", policy), ("ref", reference))
         for side in ("chosen", "rejected")
     }
-    losses, h = spin_loss(logps["policy", "chosen"], logps["policy", "rejected"], logps["ref", "chosen"],
-                          logps["ref", "rejected"], beta=0.3, loss_type=loss_type)
+    losses, h = spin_loss(
+        logps["policy", "chosen"],
+        logps["policy", "rejected"],
+        logps["ref", "chosen"],
+        logps["ref", "rejected"],
+        beta=0.3,
+        loss_type=loss_type,
+    )
     assert trl_loss == pytest.approx(losses.mean().item(), abs=1e-5)
     assert h.abs().max() > 0.05  # different models: a real test, not ln 2 / 1 on both sides
 
@@ -134,8 +147,19 @@ def test_config_validation(tmp_path):
         spin_config(tmp_path, f_divergence_type="js_divergence")
     assert spin_config(tmp_path, num_saturation_samples=0, saturation_kl=None).saturation_kl is None
     (parsed,) = HfArgumentParser(SPINConfig).parse_args_into_dataclasses(
-        ["--output_dir", str(tmp_path), "--loss_type", "hinge", "--max_rounds", "5", "--saturation_margin", "0.5",
-         "--use_cpu", "--bf16", "false"]
+        [
+            "--output_dir",
+            str(tmp_path),
+            "--loss_type",
+            "hinge",
+            "--max_rounds",
+            "5",
+            "--saturation_margin",
+            "0.5",
+            "--use_cpu",
+            "--bf16",
+            "false",
+        ]
     )
     assert (parsed.loss_type, parsed.max_rounds, parsed.saturation_margin) == (["hinge"], 5, 0.5)
 
@@ -148,8 +172,12 @@ def test_dataset_and_model_errors(tmp_path, tok, dataset):
     with pytest.raises(TypeError, match="FlawedPrefixFilter"):
         make_spin(tmp_path, tok, dataset, prefix_filter=object())
     with pytest.raises(TypeError, match="SPINConfig"):
-        SPINTrainer(model=tiny_llama(len(tok), tokenizer=tok), args=DPOConfig(str(tmp_path), bf16=False, use_cpu=True),
-                    train_dataset=dataset, processing_class=tok)
+        SPINTrainer(
+            model=tiny_llama(len(tok), tokenizer=tok),
+            args=DPOConfig(str(tmp_path), bf16=False, use_cpu=True),
+            train_dataset=dataset,
+            processing_class=tok,
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -177,8 +205,12 @@ def test_two_rounds_each_start_at_ln2_against_the_previous_iterate(tmp_path, tok
     prompts = [tok(p["prompt"])["input_ids"] for p in pairs]
     chosen = [tok(p["chosen"])["input_ids"] + [tok.eos_token_id] for p in pairs]
     rejected = [tok(p["rejected"])["input_ids"] + [tok.eos_token_id] for p in pairs]
-    stale, _ = spin_loss(sequence_log_probs(theta_1, prompts, chosen), sequence_log_probs(theta_1, prompts, rejected),
-                         sequence_log_probs(initial, prompts, chosen), sequence_log_probs(initial, prompts, rejected))
+    stale, _ = spin_loss(
+        sequence_log_probs(theta_1, prompts, chosen),
+        sequence_log_probs(theta_1, prompts, rejected),
+        sequence_log_probs(initial, prompts, chosen),
+        sequence_log_probs(initial, prompts, rejected),
+    )
     assert abs(stale.mean().item() - LN2) > 1e-3
 
     saved = json.loads((tmp_path / "rounds.json").read_text())
@@ -202,8 +234,10 @@ class AdapterWatch(TrainerCallback):
     @staticmethod
     def adapters(model):
         state = {name: p.detach().clone() for name, p in model.named_parameters() if "lora_" in name}
-        return ({n.replace(".default.", "."): p for n, p in state.items() if ".default." in n},
-                {n.replace(".ref.", "."): p for n, p in state.items() if ".ref." in n})
+        return (
+            {n.replace(".default.", "."): p for n, p in state.items() if ".default." in n},
+            {n.replace(".ref.", "."): p for n, p in state.items() if ".ref." in n},
+        )
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self.begin = self.adapters(model)
@@ -212,13 +246,15 @@ class AdapterWatch(TrainerCallback):
     def on_train_end(self, args, state, control, model=None, **kwargs):
         default_0, ref_0 = self.begin
         default_1, ref_1 = self.adapters(model)
-        self.rounds.append({
-            "ref_equals_start": sorted(ref_0) == sorted(default_0)
-            and all(torch.equal(ref_0[n], default_0[n]) for n in ref_0),
-            "ref_frozen": all(torch.equal(ref_0[n], ref_1[n]) for n in ref_0),
-            "default_moved": any(not torch.equal(default_0[n], default_1[n]) for n in default_0),
-            "total_parameters": self.total_parameters,
-        })
+        self.rounds.append(
+            {
+                "ref_equals_start": sorted(ref_0) == sorted(default_0)
+                and all(torch.equal(ref_0[n], default_0[n]) for n in ref_0),
+                "ref_frozen": all(torch.equal(ref_0[n], ref_1[n]) for n in ref_0),
+                "default_moved": any(not torch.equal(default_0[n], default_1[n]) for n in default_0),
+                "total_parameters": self.total_parameters,
+            }
+        )
 
 
 def test_peft_rounds_use_a_frozen_adapter_never_a_model_copy(tmp_path, tok, dataset, monkeypatch):
@@ -235,8 +271,14 @@ def test_peft_rounds_use_a_frozen_adapter_never_a_model_copy(tmp_path, tok, data
     monkeypatch.setattr(SPINTrainer, "_round_trainer", spy)
     base = tiny_llama(len(tok), tokenizer=tok, seed=1)
     n_base = sum(p.numel() for p in base.parameters())
-    trainer = make_spin(tmp_path, tok, dataset, model=base, learning_rate=5e-2,
-                        peft_config=LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    trainer = make_spin(
+        tmp_path,
+        tok,
+        dataset,
+        model=base,
+        learning_rate=5e-2,
+        peft_config=LoraConfig(r=4, target_modules=["q_proj", "v_proj"]),
+    )
     trainer.callbacks = [watch]
     history = trainer.train()
 
@@ -244,8 +286,12 @@ def test_peft_rounds_use_a_frozen_adapter_never_a_model_copy(tmp_path, tok, data
     assert references == [None, None]  # DPOTrainer got no reference model
     for record, seen in zip(history, watch.rounds, strict=True):
         assert record["reference"] == {"kind": "frozen adapter 'ref'", "parameters": n_adapter}
-        assert seen == {"ref_equals_start": True, "ref_frozen": True, "default_moved": True,
-                        "total_parameters": n_base + 2 * n_adapter}  # the base once, two adapters
+        assert seen == {
+            "ref_equals_start": True,
+            "ref_frozen": True,
+            "default_moved": True,
+            "total_parameters": n_base + 2 * n_adapter,
+        }  # the base once, two adapters
         assert record["loss_start"] == pytest.approx(LN2, abs=1e-6)
         assert record["kl"] > 1e-4
     assert "ref" not in trainer.model.peft_config  # deleted after each round
@@ -348,8 +394,9 @@ def looping_model(tok, token="7"):
 
 
 def test_every_rejected_sample_flawed_is_a_clear_error(tmp_path, tok, dataset):
-    trainer = make_spin(tmp_path, tok, dataset, model=looping_model(tok), max_completion_length=12,
-                        prefix_filter=FlawedPrefixFilter())
+    trainer = make_spin(
+        tmp_path, tok, dataset, model=looping_model(tok), max_completion_length=12, prefix_filter=FlawedPrefixFilter()
+    )
     with pytest.raises(RuntimeError, match=r"flagged every one of the 16 rejected samples \(\{'loop': 16\}\).*Loosen"):
         trainer.train()
 
@@ -359,10 +406,18 @@ def test_the_perplexity_check_scores_the_samples_under_the_model(tmp_path, tok, 
     with torch.no_grad():
         uniform.lm_head.weight.zero_()  # uniform over the vocabulary: every sample has perplexity len(tok)
     with pytest.raises(RuntimeError, match="'perplexity': 16"):
-        make_spin(tmp_path / "a", tok, dataset, model=uniform,
-                  prefix_filter=FlawedPrefixFilter(max_perplexity=len(tok) - 1)).train()
-    record = make_spin(tmp_path / "b", tok, dataset, model=uniform, max_rounds=1, learning_rate=0.0,
-                       prefix_filter=FlawedPrefixFilter(max_perplexity=len(tok) + 1)).train()[0]
+        make_spin(
+            tmp_path / "a", tok, dataset, model=uniform, prefix_filter=FlawedPrefixFilter(max_perplexity=len(tok) - 1)
+        ).train()
+    record = make_spin(
+        tmp_path / "b",
+        tok,
+        dataset,
+        model=uniform,
+        max_rounds=1,
+        learning_rate=0.0,
+        prefix_filter=FlawedPrefixFilter(max_perplexity=len(tok) + 1),
+    ).train()[0]
     assert record["num_rejected_filtered"] == 0
 
 
@@ -382,12 +437,20 @@ def test_messages_dataset_gives_conversational_pairs(tmp_path, tok):
 def test_chosen_model_outputs_replace_the_dataset_completions(tmp_path, tok, dataset):
     writer = tiny_llama(len(tok), tokenizer=tok, seed=5)
     prompts_only = dataset.remove_columns("completion")
-    make_spin(tmp_path, tok, prompts_only, chosen_model=writer, max_rounds=2, saturation_kl=None,
-              saturation_margin=None).train()
-    greedy = sample(writer, [tok(p)["input_ids"] for p in prompts_only["prompt"]], tok.pad_token_id,
-                    [tok.eos_token_id], max_new_tokens=6, do_sample=False)
-    expected = {p: tok.decode(ids, skip_special_tokens=True)
-                for p, ids in zip(prompts_only["prompt"], greedy, strict=True)}
+    make_spin(
+        tmp_path, tok, prompts_only, chosen_model=writer, max_rounds=2, saturation_kl=None, saturation_margin=None
+    ).train()
+    greedy = sample(
+        writer,
+        [tok(p)["input_ids"] for p in prompts_only["prompt"]],
+        tok.pad_token_id,
+        [tok.eos_token_id],
+        max_new_tokens=6,
+        do_sample=False,
+    )
+    expected = {
+        p: tok.decode(ids, skip_special_tokens=True) for p, ids in zip(prompts_only["prompt"], greedy, strict=True)
+    }
     for k in (1, 2):  # greedy outputs are generated once and reused every round
         pairs = read_pairs(tmp_path / f"round-{k}")
         assert len(pairs) == 16 and all(pair["chosen"] == expected[pair["prompt"]] for pair in pairs)
@@ -405,11 +468,31 @@ def test_spin_example_runs_offline(tmp_path):
             pytest.skip(f"{module} is not installed (see docs/spin.md)")
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TRL_EXPERIMENTAL_SILENCE": "1", "HF_HUB_OFFLINE": "1"}
-    args = ["--output_dir", str(tmp_path), "--max_rounds", "2", "--max_steps", "1", "--train_size", "4",
-            "--eval_size", "2", "--per_device_train_batch_size", "2", "--max_completion_length", "8",
-            "--num_saturation_samples", "2"]
-    result = subprocess.run([sys.executable, str(root / "examples" / "spin.py"), *args], capture_output=True,
-                            text=True, env=env, timeout=300)
+    args = [
+        "--output_dir",
+        str(tmp_path),
+        "--max_rounds",
+        "2",
+        "--max_steps",
+        "1",
+        "--train_size",
+        "4",
+        "--eval_size",
+        "2",
+        "--per_device_train_batch_size",
+        "2",
+        "--max_completion_length",
+        "8",
+        "--num_saturation_samples",
+        "2",
+    ]
+    result = subprocess.run(
+        [sys.executable, str(root / "examples" / "spin.py"), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "| round |" in result.stdout and "stop reason:" in result.stdout
     saved = json.loads((tmp_path / "rounds.json").read_text())

@@ -11,6 +11,7 @@ several seconds), so ``trl-opd plan`` and ``--help`` answer at once.
 
 import importlib
 
+
 _LAZY = {
     **dict.fromkeys(
         ("GKDConfig", "GKDTrainer", "MiniLLMConfig", "MiniLLMTrainer", "SPINConfig", "SPINTrainer"), ".trainers"

@@ -31,8 +31,13 @@ def sample(model, prompt_ids: list[list[int]], pad_token_id: int, eos_token_ids:
     attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids], device=device)
     was_training = model.training
     model.eval()
-    out = model.generate(input_ids=input_ids, attention_mask=attention_mask, pad_token_id=pad_token_id,
-                         eos_token_id=eos_token_ids, **generate_kwargs)
+    out = model.generate(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        pad_token_id=pad_token_id,
+        eos_token_id=eos_token_ids,
+        **generate_kwargs,
+    )
     model.train(was_training)
     return [cut_after_first_eos(row, eos_token_ids) for row in out[:, width:].tolist()]
 

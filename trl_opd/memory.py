@@ -33,6 +33,7 @@ from typing import Any
 from .divergences.registry import DIVERGENCES, loss_tiles
 from .tiling import default_chunk_rows
 
+
 __all__ = [
     "ALLOCATOR_OVERHEAD",
     "CUDA_CONTEXT_BYTES",
@@ -775,8 +776,11 @@ class MemoryEstimate:
         }
 
 
-def predict(student: ModelShape | dict | str | os.PathLike, teacher: ModelShape | dict | str | os.PathLike,
-            plan: TrainingPlan | None = None) -> MemoryEstimate:
+def predict(
+    student: ModelShape | dict | str | os.PathLike,
+    teacher: ModelShape | dict | str | os.PathLike,
+    plan: TrainingPlan | None = None,
+) -> MemoryEstimate:
     """Predict the peak GPU memory of a GKD step (student LoRA/full training, teacher scoring, on-policy generation).
 
     ``student``/``teacher``: :class:`ModelShape`, a ``config.json`` dict, a folder or a packaged shape name.
@@ -795,12 +799,16 @@ def predict(student: ModelShape | dict | str | os.PathLike, teacher: ModelShape 
             f"heads of {student.vocab_size} and {teacher.vocab_size} rows: the loss compares the shared "
             f"{min(student.vocab_size, teacher.vocab_size)}"
         )
-    trainable = student.num_parameters() if plan.full_finetuning else lora_parameters(
-        student, plan.lora_rank, plan.lora_targets
+    trainable = (
+        student.num_parameters()
+        if plan.full_finetuning
+        else lora_parameters(student, plan.lora_rank, plan.lora_targets)
     )
     a = adapter_bytes_per_param(plan)
-    n_tensors = student.num_parameter_tensors() if plan.full_finetuning else (
-        2 * len(plan.lora_targets) * student.num_hidden_layers
+    n_tensors = (
+        student.num_parameter_tensors()
+        if plan.full_finetuning
+        else (2 * len(plan.lora_targets) * student.num_hidden_layers)
     )
     if plan.optimizer == "adamw":
         optimizer = 2 * trainable * a + 4 * n_tensors  # exp_avg, exp_avg_sq in the parameter's dtype; step counters
@@ -907,11 +915,13 @@ def _fix_candidates(name: str, plan: TrainingPlan, student: ModelShape) -> list[
         batch, accumulation = plan.per_device_batch_size, plan.gradient_accumulation_steps
         while batch > 1:
             batch, accumulation = batch // 2, accumulation * 2
-            out.append((
-                f"per_device_train_batch_size {plan.per_device_batch_size} -> {batch} with gradient_accumulation_steps "
-                f"{plan.gradient_accumulation_steps} -> {accumulation}",
-                {"per_device_batch_size": batch, "gradient_accumulation_steps": accumulation},
-            ))
+            out.append(
+                (
+                    f"per_device_train_batch_size {plan.per_device_batch_size} -> {batch} with gradient_accumulation_steps "
+                    f"{plan.gradient_accumulation_steps} -> {accumulation}",
+                    {"per_device_batch_size": batch, "gradient_accumulation_steps": accumulation},
+                )
+            )
     elif name == "optimizer_8bit" and plan.optimizer == "adamw" and plan.full_finetuning:
         out.append(("8-bit AdamW (optim='adamw_bnb_8bit')", {"optimizer": "adamw_8bit"}))
     elif name == "lora_instead_of_full" and plan.full_finetuning:

@@ -99,7 +99,9 @@ def disable_bnb_cpu_weight_repacking(model: torch.nn.Module) -> int:
     return changed
 
 
-def last_hidden_states(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int) -> torch.Tensor:
+def last_hidden_states(
+    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int
+) -> torch.Tensor:
     """Hidden states ``(B, logits_to_keep, H)`` that predict the last ``logits_to_keep`` tokens (before the lm_head).
 
     Runs the backbone only (no ``(B, T, V)`` logits). For a ``PeftModel`` the adapters are active inside the backbone.

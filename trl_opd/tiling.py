@@ -10,6 +10,7 @@ as 55). Shared by
 
 from __future__ import annotations
 
+
 #: Elements of one float32 loss tile: 2**22 floats = 16 MiB.
 DEFAULT_TILE_ELEMENTS = 2**22
 #: Lower bound on rows per tile (at V = 152k this makes the tile 29 MiB).

@@ -27,7 +27,7 @@ CHAT_TEMPLATE = (
 
 
 def char_tokenizer(alphabet: str = DEFAULT_ALPHABET) -> PreTrainedTokenizerFast:
-    """A character-level fast tokenizer over ``alphabet`` (ids 0-3 are pad, eos, bos, unk), left padding, chat template."""
+    """A character-level fast tokenizer over ``alphabet`` (ids 0-3: pad, eos, bos, unk), left padding, chat template."""
     chars = list(dict.fromkeys(alphabet))
     vocab = {token: i for i, token in enumerate([*SPECIAL_TOKENS, *chars])}
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
@@ -102,7 +102,9 @@ def addition_dataset(max_operand: int = 9, conversational: bool = False, seed: i
     return Dataset.from_list([{"prompt": p, "completion": c} for p, c in rows])
 
 
-def train_causal_lm(model, tokenizer, texts: list[str], steps: int = 200, lr: float = 3e-3, batch_size: int = 16, seed: int = 0):
+def train_causal_lm(
+    model, tokenizer, texts: list[str], steps: int = 200, lr: float = 3e-3, batch_size: int = 16, seed: int = 0
+):
     """Plain next-token training of ``model`` on ``texts`` (each followed by EOS): a quick way to make a teacher.
 
     Returns the list of losses. Deterministic under ``seed``.

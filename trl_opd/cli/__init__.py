@@ -19,6 +19,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+
 #: Subcommand modules, in the order ``--help`` lists them.
 SUBCOMMANDS: tuple[str, ...] = ("plan", "lab")
 

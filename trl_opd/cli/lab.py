@@ -7,7 +7,6 @@ import argparse
 from . import UsageError
 
 
-
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "lab",
@@ -19,13 +18,26 @@ def register(subparsers) -> None:
         ),
     )
     size = parser.add_mutually_exclusive_group()
-    size.add_argument("--quick", dest="size", action="store_const", const="quick", help="(default) 2-3 seeds, T up to 40, ~3.5 min on 2 cores")
-    size.add_argument("--full", dest="size", action="store_const", const="full", help="3-5 seeds, T up to 40, more steps and samples")
+    size.add_argument(
+        "--quick",
+        dest="size",
+        action="store_const",
+        const="quick",
+        help="(default) 2-3 seeds, T up to 40, ~3.5 min on 2 cores",
+    )
+    size.add_argument(
+        "--full", dest="size", action="store_const", const="full", help="3-5 seeds, T up to 40, more steps and samples"
+    )
     size.add_argument("--smoke", dest="size", action="store_const", const="smoke", help="seconds-long pipeline check")
     parser.add_argument("--output", default="opd-lab", help="output folder (default: opd-lab)")
     parser.add_argument("--seed", type=int, default=0, help="base seed (seeds are base, base+1, ...)")
-    parser.add_argument("--experiments", nargs="+", default=None, metavar="NAME",
-                        help="subset of: compounding modes ablation spin tip (default: all)")
+    parser.add_argument(
+        "--experiments",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="subset of: compounding modes ablation spin tip (default: all)",
+    )
     parser.set_defaults(func=run_lab_command, size="quick")
 
 

@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import importlib
 
-from .registry import DIVERGENCES, REGISTRY, Divergence, check_divergence, loss_tiles, resolve
+from .registry import DIVERGENCES, REGISTRY, Divergence, check_divergence, loss_tiles, resolve  # noqa: F401
+
 
 _LAZY = {
     **dict.fromkeys(

@@ -67,7 +67,9 @@ def per_token_divergence(
             f"Student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} differ in "
             "shape; the vocabularies must match (slice both to the shared tokenizer's size)."
         )
-    return record.dense(safe_log_softmax(student_logits, temperature), safe_log_softmax(teacher_logits, temperature), beta)
+    return record.dense(
+        safe_log_softmax(student_logits, temperature), safe_log_softmax(teacher_logits, temperature), beta
+    )
 
 
 def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:

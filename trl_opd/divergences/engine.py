@@ -138,8 +138,6 @@ class _FusedChunkedDivergenceLoss(torch.autograd.Function):
         return (*grads, None, None, None, None, None, None)
 
 
-
-
 class _ChunkResult(NamedTuple):
     values: torch.Tensor  # (rows,) divergence D
     entropy: torch.Tensor  # (rows,) student entropy
@@ -152,7 +150,14 @@ class _ChunkSpec:
     gradient with respect to the student's raw logits ``z``."""
 
     def __init__(
-        self, divergence: Divergence, beta, temperature, chunk, vocab_size, student_transform, teacher_transform,
+        self,
+        divergence: Divergence,
+        beta,
+        temperature,
+        chunk,
+        vocab_size,
+        student_transform,
+        teacher_transform,
         teacher_entropy,
     ):
         self.divergence, self.beta, self.temperature, self.chunk = divergence, beta, temperature, chunk
@@ -192,7 +197,9 @@ def _as_head(weight, role: str, head_kwargs: dict) -> LMHead:
     """An :class:`LMHead` from a head (kept) or a weight tensor plus the legacy ``<role>_bias`` / ``_logit_scale`` /
     ``_softcap`` keywords."""
     bias, scale, softcap = (head_kwargs.get(f"{role}_{k}") for k in _HEAD_KWARGS)
-    given = [k for k, set_ in zip(_HEAD_KWARGS, (bias is not None, scale not in (None, 1.0), softcap is not None)) if set_]
+    given = [
+        k for k, set_ in zip(_HEAD_KWARGS, (bias is not None, scale not in (None, 1.0), softcap is not None)) if set_
+    ]
     if isinstance(weight, LMHead):
         if given:
             raise ValueError(f"Pass the {role}'s bias, scale and softcap in its LMHead, not also as {sorted(given)}.")
@@ -201,8 +208,16 @@ def _as_head(weight, role: str, head_kwargs: dict) -> LMHead:
 
 
 def _make_spec(
-    student_hidden, teacher_hidden, student: LMHead, teacher: LMHead, divergence, beta, temperature, vocab_size,
-    chunk_size, return_teacher_entropy,
+    student_hidden,
+    teacher_hidden,
+    student: LMHead,
+    teacher: LMHead,
+    divergence,
+    beta,
+    temperature,
+    vocab_size,
+    chunk_size,
+    return_teacher_entropy,
 ) -> _ChunkSpec:
     """Validate the arguments of the chunked functions (errors name the fix) and build their :class:`_ChunkSpec`."""
     record = resolve(divergence, beta)
@@ -264,7 +279,8 @@ def chunked_per_token_divergence(
             the backward pass.
         vocab_size: compare only the first ``vocab_size`` entries of both heads (for heads padded past the tokenizer,
             e.g. Qwen2.5-7B's 152064 rows against 151936). Defaults to the common size, which must then be equal.
-        chunk_size: rows per chunk; defaults to ``max(48, 2**22 // V)`` (a 16 MiB float32 tile, see :mod:`trl_opd.tiling`).
+        chunk_size: rows per chunk; defaults to ``max(48, 2**22 // V)`` (a 16 MiB float32 tile, see
+            :mod:`trl_opd.tiling`).
         return_entropy: also return the student's per-token entropy (no gradient).
         return_teacher_entropy: also return the teacher's per-token entropy (no gradient), after the student's.
         **head_kwargs: with weight tensors, ``student_bias``, ``teacher_bias``, ``student_logit_scale``,
@@ -321,8 +337,15 @@ def chunked_divergence_loss(
     normalizer = normalizer.to(student_hidden.device).float() if torch.is_tensor(normalizer) else float(normalizer)
     teacher = teacher.detached()
     return _FusedChunkedDivergenceLoss.apply(
-        student_hidden, student.weight, student.bias, teacher_hidden.detach(), teacher.weight, teacher.bias,
-        token_weights.detach(), normalizer, spec,
+        student_hidden,
+        student.weight,
+        student.bias,
+        teacher_hidden.detach(),
+        teacher.weight,
+        teacher.bias,
+        token_weights.detach(),
+        normalizer,
+        spec,
     )
 
 

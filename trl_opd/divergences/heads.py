@@ -56,7 +56,9 @@ def head_transform(config) -> tuple[float, float | None]:
     return (1.0 if scale is None else float(scale)), getattr(config, "final_logit_softcapping", None)
 
 
-def make_logit_transform(logit_scale: float = 1.0, softcap: float | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+def make_logit_transform(
+    logit_scale: float = 1.0, softcap: float | None = None
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """``z ↦ softcap · tanh(scale · z / softcap)`` (or ``scale · z`` without softcap): Gemma/Cohere-style heads."""
 
     def transform(z: torch.Tensor) -> torch.Tensor:

@@ -3,6 +3,7 @@
 from .experiments import EXPERIMENTS, SIZES, Lab, LabSize, count_runs, run_lab
 from .report import write_report
 
+
 __all__ = [
     "EXPERIMENTS",
     "SIZES",

@@ -30,18 +30,15 @@ from .tasks import (
     tokenizer,
 )
 
-EPS = (
-    1e-3  # floor of an error before taking its log (a zero error would have log = -inf)
-)
+
+EPS = 1e-3  # floor of an error before taking its log (a zero error would have log = -inf)
 
 
 @dataclass
 class LabSize:
     name: str
     seeds: list[int]  # every experiment
-    cheap_seeds: list[int] = field(
-        default_factory=list
-    )  # added to ``seeds`` for the cheap ones (modes, SPIN)
+    cheap_seeds: list[int] = field(default_factory=list)  # added to ``seeds`` for the cheap ones (modes, SPIN)
     # compounding: one student per (λ, seed) trained on T_max-digit completions, its errors counted over each horizon
     horizons: list[int] = field(default_factory=lambda: [5, 10, 20, 40])
     compounding_steps: int = 450
@@ -112,9 +109,7 @@ def mean_std(values):
     values = [v for v in values if v is not None]
     if not values:
         return None, None
-    return statistics.mean(values), (
-        statistics.stdev(values) if len(values) > 1 else 0.0
-    )
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
 def slope(xs, ys):
@@ -123,11 +118,7 @@ def slope(xs, ys):
     ly = [math.log(max(y, EPS)) for y in ys]
     mx, my = statistics.mean(lx), statistics.mean(ly)
     den = sum((a - mx) ** 2 for a in lx)
-    return (
-        sum((a - mx) * (b - my) for a, b in zip(lx, ly, strict=True)) / den
-        if den
-        else float("nan")
-    )
+    return sum((a - mx) * (b - my) for a, b in zip(lx, ly, strict=True)) / den if den else float("nan")
 
 
 def _quiet(trainer):
@@ -166,9 +157,7 @@ class RandomTokenImportance(TokenImportance):
         self.generator = torch.Generator().manual_seed(self.seed)
 
     def scores(self, divergence, teacher_entropy, student_entropy, vocab_size):
-        return torch.rand(divergence.shape, generator=self.generator).to(
-            divergence.device
-        )
+        return torch.rand(divergence.shape, generator=self.generator).to(divergence.device)
 
 
 class Lab:
@@ -198,9 +187,7 @@ class Lab:
         if self._chain_teacher is None:
             T = max(max(self.size.horizons), self.size.ablation_T)
             start = time.perf_counter()
-            model, losses = make_chain_teacher(
-                self.tok, self.chain, T, self.size.teacher_steps, seed=self.seed
-            )
+            model, losses = make_chain_teacher(self.tok, self.chain, T, self.size.teacher_steps, seed=self.seed)
             self.teachers["chain"] = {
                 "params": sum(p.numel() for p in model.parameters()),
                 "steps": self.size.teacher_steps,
@@ -231,9 +218,7 @@ class Lab:
         return self._bimodal_teacher
 
     def rollouts(self, model, T, seed):
-        return sample_texts(
-            model, self.tok, self.chain.prompts(), T, self.size.samples_per_prompt, seed
-        )
+        return sample_texts(model, self.tok, self.chain.prompts(), T, self.size.samples_per_prompt, seed)
 
     def chain_eval(self, model, T, seed):
         return self.chain.score(*self.rollouts(model, T, seed), T)
@@ -243,12 +228,8 @@ class Lab:
         outside the trainer so that TIP's weights do not enter it."""
         from trl_opd.evaluation import mean_divergence
 
-        prompts, texts = sample_texts(
-            student, self.tok, self.chain.prompts(), T, per_prompt, seed + 7
-        )
-        enc = lambda xs: [
-            self.tok(x, add_special_tokens=False)["input_ids"] for x in xs
-        ]
+        prompts, texts = sample_texts(student, self.tok, self.chain.prompts(), T, per_prompt, seed + 7)
+        enc = lambda xs: [self.tok(x, add_special_tokens=False)["input_ids"] for x in xs]
         return mean_divergence(
             student,
             self.chain_teacher(),
@@ -338,10 +319,7 @@ class Lab:
                 profile = self.chain.error_profile(prompts, texts, T_max)
                 record["profile"] = profile
                 record["total_errors"] = {str(h): sum(profile[:h]) for h in H}
-                record["sequence_error"] = {
-                    str(h): self.chain.score(prompts, texts, h)["sequence_error"]
-                    for h in H
-                }
+                record["sequence_error"] = {str(h): self.chain.score(prompts, texts, h)["sequence_error"] for h in H}
                 runs.append(record)
                 self._tick(f"compounding λ={lmbda} seed={seed}")
         fits = {}
@@ -350,14 +328,7 @@ class Lab:
                 metric: [
                     slope(
                         H,
-                        [
-                            next(
-                                r
-                                for r in runs
-                                if r["seed"] == s and r["lmbda"] == lmbda
-                            )[metric][str(h)]
-                            for h in H
-                        ],
+                        [next(r for r in runs if r["seed"] == s and r["lmbda"] == lmbda)[metric][str(h)] for h in H],
                     )
                     for s in self.size.seeds
                 ]
@@ -403,9 +374,7 @@ class Lab:
         for seed in seeds or self.size.all_seeds:
             for method in methods:
                 # a bigram model: 0 transformer layers (embedding -> norm -> head); it fits one mode, not the mixture
-                student = make_student(
-                    self.tok, seed, hidden_size=16, num_layers=0, num_heads=1
-                )
+                student = make_student(self.tok, seed, hidden_size=16, num_layers=0, num_heads=1)
                 common = _common(
                     tempfile.mkdtemp(),
                     seed,
@@ -426,9 +395,7 @@ class Lab:
                     trainer = GKDTrainer(
                         model=student,
                         teacher_model=teacher,
-                        args=GKDConfig(
-                            **common, lmbda=1.0, divergence=method, beta=0.5
-                        ),
+                        args=GKDConfig(**common, lmbda=1.0, divergence=method, beta=0.5),
                         train_dataset=dataset,
                         processing_class=self.tok,
                     )
@@ -487,9 +454,7 @@ class Lab:
                 # one round at a time so the task error is measured after each
                 for k in range(1, n_rounds + 1):
                     trainer.args.max_rounds = k
-                    with contextlib.redirect_stdout(
-                        io.StringIO()
-                    ):  # the round's DPOTrainer prints its logs
+                    with contextlib.redirect_stdout(io.StringIO()):  # the round's DPOTrainer prints its logs
                         history = trainer.train(resume=k > 1)
                     last = history[-1]
                     rounds.append(
@@ -518,11 +483,7 @@ class Lab:
         the ablation when it ran), and the control: the same fractions kept at random (RandomTokenImportance)."""
         T = self.size.ablation_T
         fractions = self.size.tip_fractions if fractions is None else fractions
-        random_fractions = (
-            self.size.tip_random_fractions
-            if random_fractions is None
-            else random_fractions
-        )
+        random_fractions = self.size.tip_random_fractions if random_fractions is None else random_fractions
         reuse = {
             r["seed"]: r
             for r in (ablation or {}).get("runs", [])
@@ -530,9 +491,7 @@ class Lab:
         }
         runs = []
         for seed in seeds or self.size.seeds:
-            cells = [("top", f) for f in fractions] + [
-                ("random", f) for f in random_fractions if f < 1.0
-            ]
+            cells = [("top", f) for f in fractions] + [("random", f) for f in random_fractions if f < 1.0]
             for selection, fraction in cells:
                 if fraction >= 1.0:
                     selection = "all"
@@ -551,16 +510,12 @@ class Lab:
                     hook = TokenImportance(mode="top_fraction", keep_fraction=fraction)
                 else:
                     hook = RandomTokenImportance(keep_fraction=fraction, seed=seed)
-                record, student = self.gkd_chain(
-                    T, 1.0, "jsd", seed, token_importance=hook
-                )
+                record, student = self.gkd_chain(T, 1.0, "jsd", seed, token_importance=hook)
                 record.update(
                     self.chain_eval(student, T, seed),
                     own_jsd=self.own_divergence(student, T, seed),
                 )
-                runs.append(
-                    {"keep_fraction": fraction, "selection": selection, **record}
-                )
+                runs.append({"keep_fraction": fraction, "selection": selection, **record})
                 self._tick(f"tip {selection} keep={fraction} seed={seed}")
         return {"T": T, "runs": runs}
 
@@ -585,9 +540,7 @@ def count_runs(size: LabSize, experiments) -> int:
     return n
 
 
-def _experiment_in_child(
-    size: LabSize, seed: int, name: str
-) -> tuple[dict, float, dict]:
+def _experiment_in_child(size: LabSize, seed: int, name: str) -> tuple[dict, float, dict]:
     """Run one experiment in a fresh process (its own Lab and teachers, trained from the same seeds); returns its
     results, its seconds and the teachers it trained."""
     lab = Lab(size, seed=seed)
@@ -623,9 +576,7 @@ def run_lab(
     }
     background = pool = None
     if parallel and "compounding" in experiments and len(set(experiments)) > 1:
-        pool = concurrent.futures.ProcessPoolExecutor(
-            1, mp_context=multiprocessing.get_context("spawn")
-        )
+        pool = concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
         background = pool.submit(_experiment_in_child, size, seed, "compounding")
     try:
         for name in EXPERIMENTS:
@@ -638,9 +589,7 @@ def run_lab(
                 results[name] = getattr(lab, name)()
             results["seconds"][name] = time.perf_counter() - start
         if background is not None:
-            results["compounding"], results["seconds"]["compounding"], teachers = (
-                background.result()
-            )
+            results["compounding"], results["seconds"]["compounding"], teachers = background.result()
             for key, value in teachers.items():
                 lab.teachers.setdefault(key, value)
             if progress is not None:

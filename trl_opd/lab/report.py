@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .experiments import mean_std
 
+
 LAMBDAS = (0.0, 0.5, 1.0)
 
 
@@ -49,10 +50,7 @@ def compounding_verdict(res) -> str:
     n_order = sum(o > n + 0.2 for o, n in zip(off, on, strict=True))
     T_max = str(max(res["horizons"]))
     runs = res["runs"]
-    at = {
-        lm: {r["seed"]: r["total_errors"][T_max] for r in runs if r["lmbda"] == lm}
-        for lm in (0.0, 1.0)
-    }
+    at = {lm: {r["seed"]: r["total_errors"][T_max] for r in runs if r["lmbda"] == lm} for lm in (0.0, 1.0)}
     seeds = sorted(set(at[0.0]) & set(at[1.0]))
     wins = sum(at[1.0][s] < at[0.0][s] for s in seeds)
     detail = (
@@ -94,16 +92,10 @@ def _compounding(res, out):
     ]
     for lmbda in LAMBDAS:
         rs = [r for r in runs if r["lmbda"] == lmbda]
-        lines.append(
-            f"| {lmbda} | "
-            + " | ".join(_fmt([r["total_errors"][str(h)] for r in rs]) for h in H)
-            + " |"
-        )
+        lines.append(f"| {lmbda} | " + " | ".join(_fmt([r["total_errors"][str(h)] for r in rs]) for h in H) + " |")
     lines += [
         "",
-        "| λ | "
-        + " | ".join(f"seq. error T={h}" for h in H)
-        + " | error rate, first quarter of the digits "
+        "| λ | " + " | ".join(f"seq. error T={h}" for h in H) + " | error rate, first quarter of the digits "
         "| error rate, last quarter |",
         "|---|" + "---|" * (len(H) + 2),
     ]
@@ -161,9 +153,7 @@ def _compounding(res, out):
         )
         prof = [_mean([r["profile"][t] for r in rs]) for t in range(T_max)]
         axes[1].plot(range(1, T_max + 1), prof, label=f"λ={lmbda}")
-    ref = (
-        _mean([r["total_errors"][str(H[0])] for r in runs if r["lmbda"] == 0.0]) or 1e-2
-    )
+    ref = _mean([r["total_errors"][str(H[0])] for r in runs if r["lmbda"] == 0.0]) or 1e-2
     axes[0].plot(H, [ref * (h / H[0]) ** 2 for h in H], "k--", lw=0.8, label="∝ T²")
     axes[0].plot(H, [ref * h / H[0] for h in H], "k:", lw=0.8, label="∝ T")
     (
@@ -191,16 +181,11 @@ MODE_PRED = {
 
 
 def _one_mode(rs) -> bool:
-    return bool(rs) and all(
-        r["top_mode"] >= 0.8 and min(r["mode_1"], r["mode_2"]) <= 0.05 for r in rs
-    )
+    return bool(rs) and all(r["top_mode"] >= 0.8 and min(r["mode_1"], r["mode_2"]) <= 0.05 for r in rs)
 
 
 def _covers(rs) -> bool:
-    return bool(rs) and all(
-        min(r["mode_1"], r["mode_2"]) >= 0.05 and r["between"] > r["top_mode"]
-        for r in rs
-    )
+    return bool(rs) and all(min(r["mode_1"], r["mode_2"]) >= 0.05 and r["between"] > r["top_mode"] for r in rs)
 
 
 def modes_verdict(res) -> str:
@@ -215,16 +200,12 @@ def modes_verdict(res) -> str:
         f"p(a) {mean('rkl', 'first_1'):.2f}"
     )
     if fkl and rkl and mini:
-        return (
-            "agrees (FKL covers both modes and the space between; RKL and MiniLLM lock onto one mode): "
-            + facts
-        )
+        return "agrees (FKL covers both modes and the space between; RKL and MiniLLM lock onto one mode): " + facts
     if fkl and mini:
         return (
             "partly agrees: FKL covers both modes and puts most mass between them, MiniLLM (sequence-level RKL) "
             "locks onto one mode on every seed, but GKD's token-level RKL does not (its first token matches the "
-            "teacher's 50/50 split; the choice of mode is a sequence-level effect): "
-            + facts
+            "teacher's 50/50 split; the choice of mode is a sequence-level effect): " + facts
         )
     if fkl or mini:
         return "partly agrees: " + facts
@@ -257,17 +238,10 @@ def _modes(res, out, teacher=None):
         rs = [r for r in runs if r["method"] == m]
         lines.append(
             f"| {m} | {MODE_PRED[m]} | "
-            + " | ".join(
-                _fmt([r[k] for r in rs])
-                for k in ("mode_1", "mode_2", "top_mode", "between", "first_1")
-            )
+            + " | ".join(_fmt([r[k] for r in rs]) for k in ("mode_1", "mode_2", "top_mode", "between", "first_1"))
             + " |"
         )
-    verdict = (
-        modes_verdict(res)
-        if set(methods) == set(MODE_PRED)
-        else "n/a (not every method ran)"
-    )
+    verdict = modes_verdict(res) if set(methods) == set(MODE_PRED) else "n/a (not every method ran)"
     lines += [
         "",
         (
@@ -286,10 +260,7 @@ def _modes(res, out, teacher=None):
         ("between", "between"),
     ):
         if key == "mode_2":
-            vals = [
-                _mean([min(r["mode_1"], r["mode_2"]) for r in runs if r["method"] == m])
-                for m in methods
-            ]
+            vals = [_mean([min(r["mode_1"], r["mode_2"]) for r in runs if r["method"] == m]) for m in methods]
         else:
             vals = [_mean([r[key] for r in runs if r["method"] == m]) for m in methods]
         ax.bar(methods, vals, bottom=bottom, label=label)
@@ -309,9 +280,7 @@ def main_effects(runs, key="token_error", seed=None):
     divs = sorted({r["divergence"] for r in rs})
     lams = sorted({r["lmbda"] for r in rs})
     cell = {
-        (d, lam): _mean(
-            [r[key] for r in rs if r["divergence"] == d and r["lmbda"] == lam]
-        )
+        (d, lam): _mean([r[key] for r in rs if r["divergence"] == d and r["lmbda"] == lam])
         for d in divs
         for lam in lams
     }
@@ -343,8 +312,7 @@ def _ablation(res, out):
         lines.append(
             f"| {d} | "
             + " | ".join(
-                f"{_fmt(cell(d, lam, 'token_error'))} ({_fmt(cell(d, lam, 'sequence_error'))})"
-                for lam in LAMBDAS
+                f"{_fmt(cell(d, lam, 'token_error'))} ({_fmt(cell(d, lam, 'sequence_error'))})" for lam in LAMBDAS
             )
             + " |"
         )
@@ -433,11 +401,7 @@ def _spin(res, out):
     for k in range(n):
         rs = [r["rounds"][k] for r in runs if len(r["rounds"]) > k]
         tok_means.append(_mean([r["token_error"] for r in rs]))
-        sat = (
-            "n/a"
-            if k == 0
-            else f"{sum(bool(r.get('saturated')) for r in rs)}/{len(rs)}"
-        )
+        sat = "n/a" if k == 0 else f"{sum(bool(r.get('saturated')) for r in rs)}/{len(rs)}"
         lines.append(
             f"| {k} | {_fmt([r['sequence_error'] for r in rs])} | {_fmt([r['token_error'] for r in rs])} | "
             f"{_fmt([r.get('reward_margin') for r in rs])} | {_fmt([r.get('kl') for r in rs])} | {sat} |"
@@ -516,9 +480,7 @@ def tip_verdict(tok, div=None) -> str:
     ]
     for g in tops:
         if g != f and ("random", g) in tok:
-            facts.append(
-                f"at {_pct(g)}: top {tok['top', g]:.3f} vs random {tok['random', g]:.3f}"
-            )
+            facts.append(f"at {_pct(g)}: top {tok['top', g]:.3f} vs random {tok['random', g]:.3f}")
     if div and ("top", f) in div and ("all", 1.0) in div:
         facts.append(
             f"JSD on own samples top-{p} {div['top', f]:.4f}"
@@ -645,11 +607,7 @@ def write_report(results: dict, out: str | Path, command: str = "trl-opd lab") -
         lines += [
             f"Chain teacher (2 layers, hidden 64, {c['params']} parameters, {c['steps']} steps on {c['T']}-digit "
             "sequences with 15 % corrupted digits): own total errors "
-            + ", ".join(
-                f"{k} {v['total_errors']:.3f}"
-                for k, v in c.items()
-                if k.startswith("T=")
-            )
+            + ", ".join(f"{k} {v['total_errors']:.3f}" for k, v in c.items() if k.startswith("T="))
             + ".",
             "",
         ]
@@ -669,11 +627,7 @@ def write_report(results: dict, out: str | Path, command: str = "trl-opd lab") -
             summary.append(f"| {name} | {verdicts[name]['verdict'].split(':')[0]} |")
     if summary:
         i = next(k for k, line in enumerate(lines) if line.startswith("## "))
-        lines = (
-            lines[:i]
-            + ["| experiment | verdict |", "|---|---|", *summary, ""]
-            + lines[i:]
-        )
+        lines = lines[:i] + ["| experiment | verdict |", "|---|---|", *summary, ""] + lines[i:]
     results["verdicts"] = verdicts
     (out / "report.md").write_text("\n".join(lines) + "\n")
     (out / "results.json").write_text(json.dumps(results, indent=2, default=float))

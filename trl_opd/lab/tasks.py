@@ -50,10 +50,7 @@ class ChainTask:
 
     def dataset(self, T: int, repeat: int = 1) -> Dataset:
         """Every prompt with its rule completion, ``repeat`` times (so a batch may be larger than the 20 prompts)."""
-        return Dataset.from_list(
-            [{"prompt": p, "completion": self.completion(p, T)} for p in self.prompts()]
-            * repeat
-        )
+        return Dataset.from_list([{"prompt": p, "completion": self.completion(p, T)} for p in self.prompts()] * repeat)
 
     def rule_errors(self, prompt: str, text: str, T: int) -> list[int]:
         """1 where digit t (of the first T) is missing, not a digit, or breaks the rule given the two symbols before it
@@ -65,17 +62,11 @@ class ChainTask:
                 out.append(1)
                 continue
             a, b = full[t], full[t + 1]
-            ok = (
-                a in self.digits
-                and b in self.digits
-                and int(text[t]) == (int(b) + 2 * int(a)) % self.K
-            )
+            ok = a in self.digits and b in self.digits and int(text[t]) == (int(b) + 2 * int(a)) % self.K
             out.append(0 if ok else 1)
         return out
 
-    def error_profile(
-        self, prompts: list[str], completions: list[str], T: int
-    ) -> list[float]:
+    def error_profile(self, prompts: list[str], completions: list[str], T: int) -> list[float]:
         """Share of rollouts whose digit t breaks the rule, for t = 1..T (sums to the mean total errors)."""
         counts = [0] * T
         for prompt, text in zip(prompts, completions, strict=True):
@@ -83,9 +74,7 @@ class ChainTask:
                 counts[t] += e
         return [c / len(prompts) for c in counts]
 
-    def score(
-        self, prompts: list[str], completions: list[str], T: int
-    ) -> dict[str, float]:
+    def score(self, prompts: list[str], completions: list[str], T: int) -> dict[str, float]:
         """Sequence error (any wrong or missing digit among the first T), per-token error (each digit against the rule
         applied to the two symbols before it, *including the model's own*), and Hamming errors against the reference."""
         seq_wrong, tok_wrong, hamming = 0, 0, 0
@@ -136,12 +125,7 @@ class BimodalTask:
         return [self.prompt + m for m in self.modes]
 
     def dataset(self, rows: int = 32) -> Dataset:
-        return Dataset.from_list(
-            [
-                {"prompt": self.prompt, "completion": self.modes[i % 2]}
-                for i in range(rows)
-            ]
-        )
+        return Dataset.from_list([{"prompt": self.prompt, "completion": self.modes[i % 2]} for i in range(rows)])
 
     @torch.no_grad()
     def mass(self, model, tok) -> dict[str, float]:
@@ -152,26 +136,11 @@ class BimodalTask:
         p_ids = tok(self.prompt, add_special_tokens=False)["input_ids"]
         out = {}
         for name, mode in zip(("mode_1", "mode_2"), self.modes, strict=True):
-            ids = (
-                p_ids
-                + tok(mode, add_special_tokens=False)["input_ids"]
-                + [tok.eos_token_id]
-            )
-            log_probs = (
-                model(input_ids=torch.tensor([ids], device=device))
-                .logits[0]
-                .float()
-                .log_softmax(-1)
-            )
-            out[name] = math.exp(
-                sum(
-                    log_probs[i - 1, ids[i]].item() for i in range(len(p_ids), len(ids))
-                )
-            )
+            ids = p_ids + tok(mode, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+            log_probs = model(input_ids=torch.tensor([ids], device=device)).logits[0].float().log_softmax(-1)
+            out[name] = math.exp(sum(log_probs[i - 1, ids[i]].item() for i in range(len(p_ids), len(ids))))
             if name == "mode_1":
-                out["first_1"] = math.exp(
-                    log_probs[len(p_ids) - 1, ids[len(p_ids)]].item()
-                )
+                out["first_1"] = math.exp(log_probs[len(p_ids) - 1, ids[len(p_ids)]].item())
         out["between"] = max(0.0, 1.0 - out["mode_1"] - out["mode_2"])
         out["top_mode"] = max(out["mode_1"], out["mode_2"])
         return out
@@ -198,9 +167,7 @@ def make_teacher(
     lr: float = 3e-3,
 ):
     model = _teacher_model(tok, hidden_size, num_layers, seed)
-    losses = train_causal_lm(
-        model, tok, texts, steps=steps, lr=lr, batch_size=32, seed=seed
-    )
+    losses = train_causal_lm(model, tok, texts, steps=steps, lr=lr, batch_size=32, seed=seed)
     model.requires_grad_(False)
     return model, losses
 
@@ -239,17 +206,11 @@ def make_chain_teacher(
             seq, keep = [int(c) for c in rng.choice(prompts)], [True, True]
             for _ in range(T):
                 corrupt = rng.random() < noise
-                seq.append(
-                    rng.randrange(task.K)
-                    if corrupt
-                    else (seq[-1] + 2 * seq[-2]) % task.K
-                )
+                seq.append(rng.randrange(task.K) if corrupt else (seq[-1] + 2 * seq[-2]) % task.K)
                 keep.append(not corrupt)
             row = [digit_ids[d] for d in seq] + [tok.eos_token_id]
             ids.append(row)
-            labels.append(
-                [i if k else -100 for i, k in zip(row, keep + [True], strict=True)]
-            )
+            labels.append([i if k else -100 for i, k in zip(row, keep + [True], strict=True)])
         loss = model(input_ids=torch.tensor(ids), labels=torch.tensor(labels)).loss
         optimizer.zero_grad()
         loss.backward()
@@ -260,9 +221,7 @@ def make_chain_teacher(
     return model, losses
 
 
-def make_student(
-    tok, seed: int, hidden_size: int = 16, num_layers: int = 1, num_heads: int = 2
-):
+def make_student(tok, seed: int, hidden_size: int = 16, num_layers: int = 1, num_heads: int = 2):
     return tiny_llama(
         len(tok),
         tokenizer=tok,

@@ -31,7 +31,9 @@ from .hooked import HookedTrainerMixin
 logger = logging.getLogger(__name__)
 
 
-def on_policy_mask(n_local: int, lmbda: float, seed: int, step: int, process_index: int, num_processes: int) -> list[bool]:
+def on_policy_mask(
+    n_local: int, lmbda: float, seed: int, step: int, process_index: int, num_processes: int
+) -> list[bool]:
     """Per-row coin flips, True = on-policy with probability ``lmbda``.
 
     The flips depend only on ``(seed, step)``: every process draws the whole global batch of ``n_local ·
@@ -110,7 +112,7 @@ class GKDTrainer(HookedTrainerMixin, DistillationTrainer):
                 author    = {Rishabh Agarwal and Nino Vieillard and Yongchao Zhou and Piotr Stanczyk and Sabela Ramos Garea and Matthieu Geist and Olivier Bachem},
                 year      = 2024,
                 booktitle = {The Twelfth International Conference on Learning Representations, {ICLR} 2024},
-            }"""),
+            }"""),  # noqa: E501
     }
 
     def __init__(
@@ -222,7 +224,9 @@ class GKDTrainer(HookedTrainerMixin, DistillationTrainer):
             output["completion_mask"] = output["completion_mask"] * keep.unsqueeze(1)
             output["num_items_in_batch"] = self.accelerator.gather(output["completion_mask"].sum()).sum()
         if "example_index" in inputs[0]:
-            output["example_index"] = torch.tensor([row["example_index"] for row in inputs], device=self.accelerator.device)
+            output["example_index"] = torch.tensor(
+                [row["example_index"] for row in inputs], device=self.accelerator.device
+            )
         if self.success_func is not None and mode == "train":
             self._observe_success(inputs, output, on_policy, dropped)
 
@@ -248,9 +252,7 @@ class GKDTrainer(HookedTrainerMixin, DistillationTrainer):
             [output["completion_ids"][i][output["completion_mask"][i].bool()] for i in rows], skip_special_tokens=True
         )
         prompts = [inputs[i]["prompt"] for i in rows]
-        completions = (
-            [[{"role": "assistant", "content": t}] for t in texts] if is_conversational(inputs[0]) else texts
-        )
+        completions = [[{"role": "assistant", "content": t}] for t in texts] if is_conversational(inputs[0]) else texts
         columns = {key: [inputs[i][key] for i in rows] for key in inputs[0] if key not in ("prompt", "completion")}
         scores = torch.tensor(self.success_func(prompts=prompts, completions=completions, **columns), dtype=torch.float)
         if scores.shape != (len(rows),) or not bool(((scores >= 0) & (scores <= 1)).all()):
@@ -262,7 +264,8 @@ class GKDTrainer(HookedTrainerMixin, DistillationTrainer):
         if self.seq_kd:
             return on_policy
         empty = [
-            i for i, (row, flag) in enumerate(zip(inputs, on_policy, strict=True))
+            i
+            for i, (row, flag) in enumerate(zip(inputs, on_policy, strict=True))
             if not flag and is_empty_completion(row.get("completion"))
         ]
         if "completion" not in inputs[0] and not all(on_policy):
@@ -291,9 +294,7 @@ class GKDTrainer(HookedTrainerMixin, DistillationTrainer):
                 if reason is not None:
                     self._reject_rollout(i, rows[i])
             if all(self._pending["dropped"]):
-                logger.warning(
-                    "Every rollout of this batch was rejected as flawed; training it off-policy instead."
-                )
+                logger.warning("Every rollout of this batch was rejected as flawed; training it off-policy instead.")
                 for i in range(len(rows)):
                     self._reject_rollout(i, rows[i], force_replace=True)
         on_policy = self._pending["on_policy"]

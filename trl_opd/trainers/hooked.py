@@ -50,7 +50,9 @@ class HookedTrainerMixin:
                 raise ValueError("success_func only feeds the curriculum: pass curriculum=PacedCurriculum(...) too.")
             return train_dataset
         if not hasattr(train_dataset, "__len__"):
-            raise ValueError("The PACED curriculum samples by index: it needs a map-style datasets.Dataset, not a stream.")
+            raise ValueError(
+                "The PACED curriculum samples by index: it needs a map-style datasets.Dataset, not a stream."
+            )
         if "example_index" not in train_dataset.column_names:
             train_dataset = train_dataset.map(lambda _, i: {"example_index": i}, with_indices=True)
         difficulty = None
@@ -65,7 +67,9 @@ class HookedTrainerMixin:
         if self.curriculum is None:
             return super()._get_train_sampler(dataset)
         generation_batch_size = (
-            self.args.per_device_train_batch_size * self.accelerator.num_processes * self.args.gradient_accumulation_steps
+            self.args.per_device_train_batch_size
+            * self.accelerator.num_processes
+            * self.args.gradient_accumulation_steps
         )
         return self.curriculum.sampler(
             batch_size=generation_batch_size, repeat_count=self.args.gradient_accumulation_steps, seed=self.args.seed
@@ -90,8 +94,10 @@ class HookedTrainerMixin:
         """
         if self.curriculum is None:
             return
-        gathered = gather_object(self._curriculum_observations) if self.accelerator.num_processes > 1 else (
-            self._curriculum_observations
+        gathered = (
+            gather_object(self._curriculum_observations)
+            if self.accelerator.num_processes > 1
+            else (self._curriculum_observations)
         )
         self._curriculum_observations = []
         if gathered:
@@ -127,11 +133,11 @@ class HookedTrainerMixin:
             return
         self._apply_curriculum_observations()  # the last batch's observations belong in this checkpoint
         if self.accelerator.is_main_process:
-            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-            # One generation batch per optimizer step: batches drawn ahead but not trained are replayed on resume.
-            self.curriculum.save(
-                os.path.join(folder, CURRICULUM_STATE_NAME), consumed_batches=self.state.global_step
+            folder = os.path.join(
+                self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
             )
+            # One generation batch per optimizer step: batches drawn ahead but not trained are replayed on resume.
+            self.curriculum.save(os.path.join(folder, CURRICULUM_STATE_NAME), consumed_batches=self.state.global_step)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         super()._load_from_checkpoint(resume_from_checkpoint, model)
@@ -177,8 +183,12 @@ class HookedTrainerMixin:
         head = student.get_output_embeddings()
         scale, softcap = head_transform(student.config)
         log_probs = chunked_token_log_probs(
-            hidden[completion_mask], head.weight, ids[:, width_p:][completion_mask], bias=head.bias,
-            logit_scale=scale, softcap=softcap,
+            hidden[completion_mask],
+            head.weight,
+            ids[:, width_p:][completion_mask],
+            bias=head.bias,
+            logit_scale=scale,
+            softcap=softcap,
         )
         return [chunk.tolist() for chunk in log_probs.split([len(c) for c in completions])]
 
@@ -205,4 +215,3 @@ class HookedTrainerMixin:
         for reason in ("loop", "perplexity"):
             self._metrics[mode][f"prefix_filter/rejected_{reason}"].append(float(reasons.count(reason)))
         return reasons
-

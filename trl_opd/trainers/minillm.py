@@ -84,7 +84,7 @@ class MiniLLMTrainer(HookedTrainerMixin, GRPOTrainer):
                 author    = {Yuxian Gu and Li Dong and Furu Wei and Minlie Huang},
                 year      = 2024,
                 booktitle = {The Twelfth International Conference on Learning Representations, {ICLR} 2024},
-            }"""),
+            }"""),  # noqa: E501
     }
 
     def __init__(
@@ -186,7 +186,9 @@ class MiniLLMTrainer(HookedTrainerMixin, GRPOTrainer):
             completions = [[] for _ in prompt_ids]
             for _ in range(self.max_completion_length):
                 probs = alpha * torch.softmax(t_out.logits[:, -1, : self.vocab_size].float() / self.temperature, -1)
-                probs += (1 - alpha) * torch.softmax(s_out.logits[:, -1, : self.vocab_size].float() / self.temperature, -1)
+                probs += (1 - alpha) * torch.softmax(
+                    s_out.logits[:, -1, : self.vocab_size].float() / self.temperature, -1
+                )
                 token = torch.multinomial(probs, 1).squeeze(1)
                 for row in (~done).nonzero()[:, 0].tolist():
                     completions[row].append(int(token[row]))
@@ -195,7 +197,9 @@ class MiniLLMTrainer(HookedTrainerMixin, GRPOTrainer):
                     break
                 attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
                 positions = positions[:, -1:] + 1
-                step = dict(input_ids=token.unsqueeze(1), attention_mask=attention, position_ids=positions, use_cache=True)
+                step = dict(
+                    input_ids=token.unsqueeze(1), attention_mask=attention, position_ids=positions, use_cache=True
+                )
                 s_out = student(**step, past_key_values=s_out.past_key_values)
                 t_out = teacher(**step, past_key_values=t_out.past_key_values)
         finally:
@@ -215,9 +219,13 @@ class MiniLLMTrainer(HookedTrainerMixin, GRPOTrainer):
         head = unwrapped.get_output_embeddings()
         targets = ids[:, -k:][mask]
         log_probs = chunked_token_log_probs(
-            hidden, head.weight[: self.vocab_size], targets,
+            hidden,
+            head.weight[: self.vocab_size],
+            targets,
             bias=None if head.bias is None else head.bias[: self.vocab_size],
-            logit_scale=head_transform_[0], softcap=head_transform_[1], temperature=temperature,
+            logit_scale=head_transform_[0],
+            softcap=head_transform_[1],
+            temperature=temperature,
         )
         return log_probs, hidden, head
 
@@ -225,12 +233,14 @@ class MiniLLMTrainer(HookedTrainerMixin, GRPOTrainer):
     def _reference_log_probs(self, ids, attention_mask, k, mask) -> torch.Tensor:
         """π_ref's log-probs: the adapter-disabled student with PEFT, else the frozen reference copy."""
         if self.extrapolation_ref is not None:
-            return self._token_log_probs(self.extrapolation_ref, ids, attention_mask, k, mask, self._student_head,
-                                         self.temperature)[0]
+            return self._token_log_probs(
+                self.extrapolation_ref, ids, attention_mask, k, mask, self._student_head, self.temperature
+            )[0]
         unwrapped = self.accelerator.unwrap_model(self.model)
         with unwrapped.disable_adapter():
-            return self._token_log_probs(unwrapped, ids, attention_mask, k, mask, self._student_head,
-                                         self.temperature)[0]
+            return self._token_log_probs(unwrapped, ids, attention_mask, k, mask, self._student_head, self.temperature)[
+                0
+            ]
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         output = super()._generate_and_score_completions(inputs)
@@ -251,11 +261,21 @@ class MiniLLMTrainer(HookedTrainerMixin, GRPOTrainer):
         )
         with torch.no_grad():
             rkl, s_entropy, t_entropy = chunked_per_token_divergence(
-                s_hidden, t_hidden, s_head.weight, t_head.weight, "rkl", temperature=self.temperature,
-                student_bias=s_head.bias, teacher_bias=t_head.bias, vocab_size=self.vocab_size,
-                student_logit_scale=self._student_head[0], student_softcap=self._student_head[1],
-                teacher_logit_scale=self._teacher_head[0], teacher_softcap=self._teacher_head[1],
-                return_entropy=True, return_teacher_entropy=True,
+                s_hidden,
+                t_hidden,
+                s_head.weight,
+                t_head.weight,
+                "rkl",
+                temperature=self.temperature,
+                student_bias=s_head.bias,
+                teacher_bias=t_head.bias,
+                vocab_size=self.vocab_size,
+                student_logit_scale=self._student_head[0],
+                student_softcap=self._student_head[1],
+                teacher_logit_scale=self._teacher_head[0],
+                teacher_softcap=self._teacher_head[1],
+                return_entropy=True,
+                return_teacher_entropy=True,
             )
         ref_lp = None
         if args.extrapolation_lambda != 1.0:
@@ -279,16 +299,24 @@ class MiniLLMTrainer(HookedTrainerMixin, GRPOTrainer):
         rewards = token_rewards(t_lp, s_lp, ref_lp, args.extrapolation_lambda)
         external = self._external_rewards(len(inputs), mask.device)
         advantages = minillm_advantages(
-            full(rewards), mask.float(), args.gamma, args.length_normalization, args.baseline,
-            args.whiten_advantages, exclude_current=args.single_step,
+            full(rewards),
+            mask.float(),
+            args.gamma,
+            args.length_normalization,
+            args.baseline,
+            args.whiten_advantages,
+            exclude_current=args.single_step,
             terminal_rewards=args.external_reward_coef * external,
         )
         if args.teacher_mix_alpha > 0 and mode == "train":
-            log_mix = torch.logaddexp(math.log(args.teacher_mix_alpha) + t_lp,
-                                      math.log1p(-args.teacher_mix_alpha) + s_lp)
+            log_mix = torch.logaddexp(
+                math.log(args.teacher_mix_alpha) + t_lp, math.log1p(-args.teacher_mix_alpha) + s_lp
+            )
             ratio = (s_lp - log_mix).exp().clamp(max=args.importance_weight_clip)
             advantages = advantages * full(ratio)
-            self._metrics[mode]["teacher_mix/importance_weight_mean"].append(ratio.mean().item() if ratio.numel() else 0.0)
+            self._metrics[mode]["teacher_mix/importance_weight_mean"].append(
+                ratio.mean().item() if ratio.numel() else 0.0
+            )
         weights = self._token_importance_weights(rkl, t_entropy, s_entropy)
         if weights is not None:
             advantages = advantages * full(weights)
@@ -352,10 +380,19 @@ class MiniLLMTrainer(HookedTrainerMixin, GRPOTrainer):
             t_hidden = last_hidden_states(teacher, ids, attention_mask, k)[mask]
         s_head, t_head = student.get_output_embeddings(), teacher.get_output_embeddings()
         rkl = chunked_per_token_divergence(
-            s_hidden, t_hidden, s_head.weight, t_head.weight, "rkl", temperature=self.temperature,
-            student_bias=s_head.bias, teacher_bias=t_head.bias, vocab_size=self.vocab_size,
-            student_logit_scale=self._student_head[0], student_softcap=self._student_head[1],
-            teacher_logit_scale=self._teacher_head[0], teacher_softcap=self._teacher_head[1],
+            s_hidden,
+            t_hidden,
+            s_head.weight,
+            t_head.weight,
+            "rkl",
+            temperature=self.temperature,
+            student_bias=s_head.bias,
+            teacher_bias=t_head.bias,
+            vocab_size=self.vocab_size,
+            student_logit_scale=self._student_head[0],
+            student_softcap=self._student_head[1],
+            teacher_logit_scale=self._teacher_head[0],
+            teacher_softcap=self._teacher_head[1],
         )
         mode = "train" if self.model.training else "eval"
         accumulation = self.current_gradient_accumulation_steps if mode == "train" else 1.0

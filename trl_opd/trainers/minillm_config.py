@@ -94,7 +94,9 @@ class MiniLLMConfig(GRPOConfig):
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"{name} must be finite, got {getattr(self, name)}.")
         if self.extrapolation_lambda < 0:
-            raise ValueError(f"extrapolation_lambda must be >= 0 (1 = plain reverse KL), got {self.extrapolation_lambda}.")
+            raise ValueError(
+                f"extrapolation_lambda must be >= 0 (1 = plain reverse KL), got {self.extrapolation_lambda}."
+            )
         if self.beta != 0.0:
             raise ValueError(
                 "MiniLLMConfig.beta (GRPO's KL penalty to a reference) must stay 0: the reverse KL to the teacher is "

@@ -282,7 +282,7 @@ class SPINTrainer:
                 author    = {Zixiang Chen and Yihe Deng and Huizhuo Yuan and Kaixuan Ji and Quanquan Gu},
                 year      = 2024,
                 booktitle = {Forty-first International Conference on Machine Learning, {ICML} 2024},
-            }"""),
+            }"""),  # noqa: E501
     }
 
     def __init__(
@@ -619,7 +619,7 @@ class SPINTrainer:
                         ref_logits = completion_logits(reference, prompt, completion)
                     kl = per_token_divergence(logits, ref_logits, "rkl").sum().item()  # KL(policy ‖ reference)
                     target = torch.tensor(completion, device=logits.device).unsqueeze(1)
-                    gap = (logits.log_softmax(-1).gather(1, target) - ref_logits.log_softmax(-1).gather(1, target))
+                    gap = logits.log_softmax(-1).gather(1, target) - ref_logits.log_softmax(-1).gather(1, target)
                     out.append((kl, gap.sum().item(), len(completion)))
             finally:
                 policy.train(was_training)
