@@ -10,6 +10,7 @@ from helpers import make_config, make_trainer
 from trl_opd import GKDTrainer, per_token_divergence
 from trl_opd.tiny import addition_dataset, char_tokenizer, tiny_llama, train_causal_lm
 from trl_opd.trainers.gkd import on_policy_mask
+from trl_opd.trainers.mixing import MixedBatch
 
 
 class CountingGenerate:
@@ -50,9 +51,9 @@ def test_only_on_policy_rows_are_generated_and_others_use_the_dataset(tmp_path, 
     rows = [dataset[i] for i in range(8)]
     mask = [True, False, False, True, False, True, False, False]
     prompt_ids = [tok(r["prompt"])["input_ids"] for r in rows]
-    trainer._pending = {"rows": rows, "on_policy": mask, "dropped": [False] * 8}
+    trainer._mixed = MixedBatch(rows, mask)
     completions = trainer._generate_single_turn(prompt_ids, None, {})
-    trainer._pending = None
+    trainer._mixed = None
     assert counter.rows == [3]
     for row, flag, ids in zip(rows, mask, completions, strict=True):
         if not flag:

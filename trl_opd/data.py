@@ -46,9 +46,15 @@ def split_messages(messages: list[dict]) -> tuple[list[dict], list[dict]]:
 
 
 def prepare_prompt_completion_dataset(
-    dataset: Dataset | IterableDataset | None, name: str = "train_dataset", needs_completion: bool = True
+    dataset: Dataset | IterableDataset | None,
+    name: str = "train_dataset",
+    needs_completion: bool = True,
+    completion_hint: str = "",
 ) -> Dataset | IterableDataset | None:
     """Check the columns, convert ``messages`` to ``prompt``/``completion`` and drop rows with empty completions.
+
+    ``completion_hint``: the caller's advice, appended to the error when a `completion` column is needed and missing
+    (each trainer knows why it needs one and how to do without).
 
     Raises:
         ValueError: naming the columns found and the layouts expected, when the columns don't fit.
@@ -64,12 +70,7 @@ def prepare_prompt_completion_dataset(
         columns = [c for c in columns if c != "messages"] + ["prompt", "completion"]
     if "prompt" not in columns or (needs_completion and "completion" not in columns):
         needed = "`prompt` and `completion`, or `messages`" if needs_completion else "`prompt` (or `messages`)"
-        hint = (
-            " A `completion` is needed because λ < 1 makes some rows off-policy; with lmbda=1.0 (constant) or "
-            "seq_kd=True a `prompt` column suffices."
-            if needs_completion and "prompt" in columns
-            else ""
-        )
+        hint = f" {completion_hint}" if completion_hint and needs_completion and "prompt" in columns else ""
         raise ValueError(f"{name} has columns {columns}; expected {needed}.{hint}")
     if needs_completion and isinstance(dataset, Dataset):
         empty = [i for i, completion in enumerate(dataset["completion"]) if is_empty_completion(completion)]

@@ -8,6 +8,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .divergences.heads import head_transform  # noqa: F401  (re-exported: trl_opd.models.head_transform)
+from .scoring import last_hidden_states  # noqa: F401  (re-exported)
 
 
 logger = logging.getLogger(__name__)
@@ -97,16 +98,3 @@ def disable_bnb_cpu_weight_repacking(model: torch.nn.Module) -> int:
             module.support_avx512bf16_for_cpu = False
             changed += 1
     return changed
-
-
-def last_hidden_states(
-    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int
-) -> torch.Tensor:
-    """Hidden states ``(B, logits_to_keep, H)`` that predict the last ``logits_to_keep`` tokens (before the lm_head).
-
-    Runs the backbone only (no ``(B, T, V)`` logits). For a ``PeftModel`` the adapters are active inside the backbone.
-    """
-    if hasattr(model, "get_base_model"):
-        model = model.get_base_model()
-    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-    return hidden[:, -logits_to_keep - 1 : -1, :]

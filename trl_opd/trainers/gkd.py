@@ -11,45 +11,29 @@ from datasets import Dataset, IterableDataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 from trl import DistillationTrainer
 from trl.data_utils import is_conversational
-from trl.models import prepare_deepspeed
 from trl.models.utils import unwrap_model_for_generation
-from trl.trainer.utils import pad
 
 from ..data import cut_after_first_eos, is_empty_completion, prepare_prompt_completion_dataset
-from ..divergences import chunked_divergence_loss, chunked_per_token_divergence
-from ..models import (
-    check_left_padding,
-    disable_bnb_cpu_weight_repacking,
-    head_transform,
-    load_teacher,
-    shared_vocab_size,
-)
+from ..divergences import LMHead, chunked_divergence_loss, chunked_per_token_divergence
+from ..models import check_left_padding, load_teacher
+from ..scoring import left_padded
 from .gkd_config import GKDConfig
 from .hooked import HookedTrainerMixin
+from .mixing import MixedBatch, on_policy_mask
+from .teacher_mixin import TeacherMixin
 
 
 logger = logging.getLogger(__name__)
 
-
-def on_policy_mask(
-    n_local: int, lmbda: float, seed: int, step: int, process_index: int, num_processes: int
-) -> list[bool]:
-    """Per-row coin flips, True = on-policy with probability ``lmbda``.
-
-    The flips depend only on ``(seed, step)``: every process draws the whole global batch of ``n_local ·
-    num_processes`` flips and keeps its own slice, so the assignment is identical across processes and reruns.
-    """
-    if lmbda >= 1.0:
-        return [True] * n_local
-    if lmbda <= 0.0:
-        return [False] * n_local
-    generator = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(step))
-    draws = torch.rand(n_local * num_processes, generator=generator)
-    mine = draws[process_index * n_local : (process_index + 1) * n_local]
-    return (mine < lmbda).tolist()
+#: Why GKD needs dataset completions, and how to do without.
+_HINT = (
+    "A `completion` is needed because λ < 1 makes some rows off-policy; with lmbda=1.0 (constant) or seq_kd=True a "
+    "`prompt` column suffices."
+)
+_EVAL_HINT = "Evaluation with eval_lmbda < 1 trains some rows on dataset completions; set eval_lmbda=1.0 to sample all."
 
 
-class GKDTrainer(HookedTrainerMixin, DistillationTrainer):
+class GKDTrainer(TeacherMixin, HookedTrainerMixin, DistillationTrainer):
     """
     Generalized knowledge distillation (Agarwal et al., 2024) with per-sample λ-mixing and a λ schedule.
 
@@ -142,15 +126,17 @@ class GKDTrainer(HookedTrainerMixin, DistillationTrainer):
             raise ValueError("GKDTrainer needs a teacher: pass teacher_model= or set teacher_model_name_or_path.")
         check_left_padding(processing_class)
         needs_completion = args.needs_dataset_completions
-        train_dataset = prepare_prompt_completion_dataset(train_dataset, "train_dataset", needs_completion)
+        train_dataset = prepare_prompt_completion_dataset(train_dataset, "train_dataset", needs_completion, _HINT)
         train_dataset = self._init_hooks(train_dataset, token_importance, prefix_filter, curriculum, success_func)
         if isinstance(eval_dataset, dict):
             eval_dataset = {
-                key: prepare_prompt_completion_dataset(ds, f"eval_dataset[{key!r}]", args.eval_lmbda < 1.0)
+                key: prepare_prompt_completion_dataset(ds, f"eval_dataset[{key!r}]", args.eval_lmbda < 1.0, _EVAL_HINT)
                 for key, ds in eval_dataset.items()
             }
         else:
-            eval_dataset = prepare_prompt_completion_dataset(eval_dataset, "eval_dataset", args.eval_lmbda < 1.0)
+            eval_dataset = prepare_prompt_completion_dataset(
+                eval_dataset, "eval_dataset", args.eval_lmbda < 1.0, _EVAL_HINT
+            )
 
         # The teacher is prepared here rather than by the parent, whose check of equal `config.vocab_size` refuses
         # heads padded to different sizes that share a tokenizer (see `shared_vocab_size`).
@@ -169,19 +155,18 @@ class GKDTrainer(HookedTrainerMixin, DistillationTrainer):
         )
         if self._is_vlm:
             raise ValueError("trl_opd.GKDTrainer supports text models only; use trl.DistillationTrainer for VLMs.")
-        self.vocab_size = shared_vocab_size(self.model, teacher, self._tokenizer)
-        if self.is_deepspeed_enabled:
-            self.teacher_model = prepare_deepspeed(teacher, self.accelerator)
-        else:
-            self.teacher_model = self.accelerator.prepare_model(teacher, evaluation_mode=True)
-        disable_bnb_cpu_weight_repacking(self.model)
-
+        self._attach_teacher(teacher, run_backbone=self._run_teacher_backbone)
         self.lmbda_schedule = args.lambda_schedule()
         self.divergence = args.divergence
         self.seq_kd = args.seq_kd
-        self._student_head = head_transform(self.accelerator.unwrap_model(self.model).config)
-        self._teacher_head = head_transform(teacher.config)
-        self._pending: dict | None = None  # the rows being generated, their sources, rejected rows
+        self._mixed: MixedBatch | None = None  # the generation batch being built
+
+    def _run_teacher_backbone(self, unwrapped_teacher, input_ids, attention_mask, logits_to_keep):
+        # Through the teacher's own wrapper, so FSDP/DeepSpeed materialize its sharded parameters (as TRL does).
+        return self._forward_redirection(
+            self.teacher_model, unwrapped_teacher, self._get_last_hidden_state, unwrapped_teacher, input_ids,
+            attention_mask, logits_to_keep,
+        )  # fmt: skip
 
     # ------------------------------------------------------------------------------------------------------------------
     # Sampling mixture
@@ -213,13 +198,13 @@ class GKDTrainer(HookedTrainerMixin, DistillationTrainer):
             self.accelerator.num_processes,
         )
         on_policy = self._fallback_empty_completions(inputs, on_policy, mode)
-        self._pending = {"rows": inputs, "on_policy": on_policy, "dropped": [False] * len(inputs)}
+        batch = self._mixed = MixedBatch(inputs, on_policy)
         try:
             output = super()._generate_and_score_completions(inputs)
-            dropped = self._pending["dropped"]
         finally:
-            self._pending = None
-        if any(dropped):  # rejected rollouts stay in the batch with no token trained on
+            self._mixed = None
+        on_policy, dropped = batch.on_policy, batch.dropped  # after the prefix filter's replacements
+        if batch.any_dropped:  # rejected rollouts stay in the batch with no token trained on
             keep = torch.tensor([not d for d in dropped], device=output["completion_mask"].device)
             output["completion_mask"] = output["completion_mask"] * keep.unsqueeze(1)
             output["num_items_in_batch"] = self.accelerator.gather(output["completion_mask"].sum()).sum()
@@ -280,47 +265,46 @@ class GKDTrainer(HookedTrainerMixin, DistillationTrainer):
         return on_policy
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, has_tool_images=False):
-        # The parent tokenized the prompts of `self._pending`; fill in each row's completion by its source.
-        if self._pending is None:  # called outside `_generate_and_score_completions`: plain on-policy
+        # The parent tokenized the prompts of `self._mixed`; fill in each row's completion by its source.
+        batch = self._mixed
+        if batch is None:  # called outside `_generate_and_score_completions`: plain on-policy
             return super()._generate_single_turn(prompt_ids, images, multimodal_fields, has_tool_images)
-        rows, on_policy = self._pending["rows"], self._pending["on_policy"]
-        completions: list[list[int] | None] = [None] * len(rows)
-        sampled = [i for i, flag in enumerate(on_policy) if flag]
+        completions: list[list[int] | None] = [None] * len(batch.rows)
+        sampled = batch.sampled
         if sampled:
             generated = super()._generate_single_turn([prompt_ids[i] for i in sampled], None, {}, False)
             reasons = self._flawed_prefix_reasons([prompt_ids[i] for i in sampled], generated)
             for i, ids, reason in zip(sampled, generated, reasons, strict=True):
                 completions[i] = ids
                 if reason is not None:
-                    self._reject_rollout(i, rows[i])
-            if all(self._pending["dropped"]):
+                    self._reject_rollout(batch, i)
+            if all(batch.dropped):
                 logger.warning("Every rollout of this batch was rejected as flawed; training it off-policy instead.")
-                for i in range(len(rows)):
-                    self._reject_rollout(i, rows[i], force_replace=True)
-        on_policy = self._pending["on_policy"]
-        off_policy = [i for i, flag in enumerate(on_policy) if not flag]
+                for i in range(len(batch.rows)):
+                    self._reject_rollout(batch, i, force_replace=True)
+        off_policy = batch.off_policy
         if off_policy and self.seq_kd:
             generated = self._teacher_generate([prompt_ids[i] for i in off_policy])
             for i, ids in zip(off_policy, generated, strict=True):
                 completions[i] = ids
-        elif off_policy:
+        else:
             for i in off_policy:
-                completions[i] = self._tokenize_completion(rows[i]["prompt"], rows[i]["completion"], prompt_ids[i])
+                row = batch.rows[i]
+                completions[i] = self._tokenize_completion(row["prompt"], row["completion"], prompt_ids[i])
         return completions
 
-    def _reject_rollout(self, i: int, row: dict, force_replace: bool = False) -> None:
+    def _reject_rollout(self, batch: MixedBatch, i: int, force_replace: bool = False) -> None:
         """Apply the prefix filter's policy to row ``i``: off-policy with the dataset completion, or dropped."""
         replace = force_replace or self.prefix_filter.policy == "replace"
-        if replace and not is_empty_completion(row.get("completion")):
-            self._pending["on_policy"][i] = False
-            self._pending["dropped"][i] = False
+        if replace and not is_empty_completion(batch.rows[i].get("completion")):
+            batch.train_off_policy(i)
         elif force_replace:
             raise RuntimeError(
                 "Every rollout of this batch was rejected as flawed and the dataset has no completions to fall back "
                 "on. Loosen the filter (max_perplexity, loop_min_repeats) or add a `completion` column."
             )
         else:
-            self._pending["dropped"][i] = True
+            batch.drop(i)
 
     def _tokenize_completion(self, prompt, completion, prompt_ids: list[int]) -> list[int]:
         """Token ids of a dataset completion, as the model would have generated them after ``prompt_ids``.
@@ -353,10 +337,7 @@ class GKDTrainer(HookedTrainerMixin, DistillationTrainer):
     @torch.no_grad()
     def _teacher_generate(self, prompt_ids: list[list[int]]) -> list[list[int]]:
         """Sample completions from the teacher (sequence-level KD), cut after the first end-of-sequence token."""
-        device = self.accelerator.device
-        tensors = [torch.tensor(ids) for ids in prompt_ids]
-        input_ids = pad(tensors, padding_value=self._tokenizer.pad_token_id, padding_side="left").to(device)
-        attention_mask = pad([torch.ones_like(t) for t in tensors], padding_value=0, padding_side="left").to(device)
+        input_ids, attention_mask = left_padded(prompt_ids, self._tokenizer.pad_token_id, self.accelerator.device)
         with unwrap_model_for_generation(
             self.teacher_model, self.accelerator, generation_kwargs=self.generation_kwargs
         ) as teacher:
@@ -382,43 +363,22 @@ class GKDTrainer(HookedTrainerMixin, DistillationTrainer):
         logits_to_keep = inputs["completion_ids"].size(1)
 
         student_hidden = self._get_last_hidden_state(unwrapped_student, input_ids, attention_mask, logits_to_keep)
-        self.teacher_model.eval()
-        unwrapped_teacher = self.accelerator.unwrap_model(self.teacher_model)
-        with torch.no_grad():
-            teacher_hidden = self._forward_redirection(
-                self.teacher_model,
-                unwrapped_teacher,
-                self._get_last_hidden_state,
-                unwrapped_teacher,
-                input_ids,
-                attention_mask,
-                logits_to_keep,
-            )
-        student_head = unwrapped_student.get_output_embeddings()
-        teacher_head = unwrapped_teacher.get_output_embeddings()
+        teacher_hidden = self.teacher.hidden_states(input_ids, attention_mask, logits_to_keep)
+        student_head, teacher_head = LMHead.of(unwrapped_student), self.teacher.head
         device = student_head.weight.device
         loss_mask = loss_mask.to(device)
         h_s = student_hidden.to(device)[loss_mask]
         h_t = teacher_hidden.to(device)[loss_mask]
         n_valid = loss_mask.sum()
         normalizer = n_valid.clamp(min=1) if num_items_in_batch is None else num_items_in_batch
-        head_kwargs = dict(
-            student_bias=student_head.bias,
-            teacher_bias=teacher_head.bias,
-            student_logit_scale=self._student_head[0],
-            student_softcap=self._student_head[1],
-            teacher_logit_scale=self._teacher_head[0],
-            teacher_softcap=self._teacher_head[1],
-            vocab_size=self.vocab_size,
-        )
-        args = (h_s, h_t, student_head.weight, teacher_head.weight, self.divergence, self.beta, self.temperature)
+        args = (h_s, h_t, student_head, teacher_head, self.divergence, self.beta, self.temperature)
         if self.token_importance is None:
             # Weights known up front (all 1): gradients computed in the forward pass, each chunk projected once.
-            loss, values, entropy = chunked_divergence_loss(*args, normalizer=normalizer, **head_kwargs)
+            loss, values, entropy = chunked_divergence_loss(*args, normalizer=normalizer, vocab_size=self.vocab_size)
         else:
             # TIP weights depend on the divergences: per-token values first, the backward skips weight-0 tokens.
             values, entropy, teacher_entropy = chunked_per_token_divergence(
-                *args, return_entropy=True, return_teacher_entropy=True, **head_kwargs
+                *args, vocab_size=self.vocab_size, return_entropy=True, return_teacher_entropy=True
             )
             weights = self._token_importance_weights(values, teacher_entropy, entropy)
             loss = (values * weights).sum() / normalizer

@@ -15,9 +15,8 @@ import torch
 from accelerate.utils import gather_object
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from ..divergences import chunked_token_log_probs
 from ..hooks import FlawedPrefixFilter, PacedCurriculum, TokenImportance
-from ..models import head_transform, last_hidden_states
+from ..scoring import completion_token_log_probs, pack, per_row
 
 
 logger = logging.getLogger(__name__)
@@ -168,29 +167,9 @@ class HookedTrainerMixin:
     @torch.no_grad()
     def _student_token_log_probs(self, prompt_ids: list[list[int]], completions: list[list[int]]) -> list[list[float]]:
         """log p_θ(y_t | x, y<t) of each completion token under the student (temperature 1), one no-grad pass."""
-        device = self.accelerator.device
         student = self.accelerator.unwrap_model(self.model)
-        pad = self._tokenizer.pad_token_id
-        width_p, width_c = max(map(len, prompt_ids)), max(map(len, completions))
-        ids = torch.full((len(prompt_ids), width_p + width_c), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for row, (p, c) in enumerate(zip(prompt_ids, completions, strict=True)):
-            ids[row, width_p - len(p) : width_p + len(c)] = torch.tensor(p + c)
-            mask[row, width_p - len(p) : width_p + len(c)] = 1
-        ids, mask = ids.to(device), mask.to(device)
-        hidden = last_hidden_states(student, ids, mask, width_c)
-        completion_mask = mask[:, width_p:].bool()
-        head = student.get_output_embeddings()
-        scale, softcap = head_transform(student.config)
-        log_probs = chunked_token_log_probs(
-            hidden[completion_mask],
-            head.weight,
-            ids[:, width_p:][completion_mask],
-            bias=head.bias,
-            logit_scale=scale,
-            softcap=softcap,
-        )
-        return [chunk.tolist() for chunk in log_probs.split([len(c) for c in completions])]
+        batch = pack(prompt_ids, completions, self._tokenizer.pad_token_id, self.accelerator.device)
+        return per_row(completion_token_log_probs(student, batch), batch)
 
     def _flawed_prefix_reasons(
         self, prompt_ids: list[list[int]], completions: list[list[int]], log_probs: list[list[float]] | None = None

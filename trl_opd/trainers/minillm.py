@@ -12,18 +12,13 @@ import torch
 from accelerate.utils import is_peft_model
 from trl import GRPOTrainer
 
-from ..divergences import chunked_per_token_divergence, chunked_token_log_probs
-from ..models import (
-    check_left_padding,
-    disable_bnb_cpu_weight_repacking,
-    head_transform,
-    last_hidden_states,
-    load_teacher,
-    shared_vocab_size,
-)
+from ..divergences import LMHead, chunked_per_token_divergence, chunked_token_log_probs
+from ..models import check_left_padding, load_teacher
 from ..policy_gradient import minillm_advantages, token_rewards
+from ..scoring import last_hidden_states, left_padded
 from .hooked import HookedTrainerMixin
 from .minillm_config import MiniLLMConfig
+from .teacher_mixin import TeacherMixin
 
 
 logger = logging.getLogger(__name__)
@@ -34,7 +29,7 @@ def no_external_reward(prompts=None, completions=None, **kwargs) -> list[float]:
     return [0.0] * len(completions)
 
 
-class MiniLLMTrainer(HookedTrainerMixin, GRPOTrainer):
+class MiniLLMTrainer(TeacherMixin, HookedTrainerMixin, GRPOTrainer):
     """
     MiniLLM (Gu et al., 2024): minimise the sequence-level reverse KL(p_θ ‖ p_T) by policy gradient on the student's own
     samples, with reward extrapolation (verifier rewards, and ExOPD's λ over a reference model).
@@ -138,13 +133,7 @@ class MiniLLMTrainer(HookedTrainerMixin, GRPOTrainer):
             quantization_config=quantization_config,
             peft_config=peft_config,
         )
-        tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
-        self.vocab_size = shared_vocab_size(self.model, teacher, tokenizer)
-        self.teacher_model = self.accelerator.prepare_model(teacher, evaluation_mode=True)
-        self.teacher_model.eval()
-        disable_bnb_cpu_weight_repacking(self.model)
-        self._teacher_head = head_transform(teacher.config)
-        self._student_head = head_transform(self.accelerator.unwrap_model(self.model).config)
+        self._attach_teacher(teacher)
         self.extrapolation_ref = None
         if args.extrapolation_lambda != 1.0 and not is_peft_model(self.model):
             if ref_model is None:
@@ -170,11 +159,8 @@ class MiniLLMTrainer(HookedTrainerMixin, GRPOTrainer):
         """
         alpha, device = self.args.teacher_mix_alpha, self.accelerator.device
         student = self.accelerator.unwrap_model(self.model)
-        teacher = self.accelerator.unwrap_model(self.teacher_model)
-        pad = self._tokenizer.pad_token_id
-        width = max(map(len, prompt_ids))
-        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompt_ids], device=device)
-        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids], device=device)
+        teacher = self.teacher.unwrapped
+        ids, attention = left_padded(prompt_ids, self._tokenizer.pad_token_id, device)
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
         was_training = student.training
         student.eval()
@@ -212,35 +198,24 @@ class MiniLLMTrainer(HookedTrainerMixin, GRPOTrainer):
         return rewards_per_func
 
     @torch.no_grad()
-    def _token_log_probs(self, model, ids, attention_mask, k, mask, head_transform_, temperature):
-        """Log-probs of the completion tokens under ``model`` (at ``temperature``) and its hidden states."""
+    def _student_log_probs(self, model, ids, attention_mask, k, mask) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(log p(y_t), hidden)`` of the masked completion tokens under a student-shaped ``model`` (the student,
+        its adapter-disabled base, or the frozen reference copy) at the sampling temperature."""
         unwrapped = self.accelerator.unwrap_model(model)
         hidden = last_hidden_states(unwrapped, ids, attention_mask, k)[mask]
-        head = unwrapped.get_output_embeddings()
-        targets = ids[:, -k:][mask]
         log_probs = chunked_token_log_probs(
-            hidden,
-            head.weight[: self.vocab_size],
-            targets,
-            bias=None if head.bias is None else head.bias[: self.vocab_size],
-            logit_scale=head_transform_[0],
-            softcap=head_transform_[1],
-            temperature=temperature,
+            hidden, LMHead.of(unwrapped), ids[:, -k:][mask], temperature=self.temperature, vocab_size=self.vocab_size
         )
-        return log_probs, hidden, head
+        return log_probs, hidden
 
     @torch.no_grad()
     def _reference_log_probs(self, ids, attention_mask, k, mask) -> torch.Tensor:
         """π_ref's log-probs: the adapter-disabled student with PEFT, else the frozen reference copy."""
         if self.extrapolation_ref is not None:
-            return self._token_log_probs(
-                self.extrapolation_ref, ids, attention_mask, k, mask, self._student_head, self.temperature
-            )[0]
+            return self._student_log_probs(self.extrapolation_ref, ids, attention_mask, k, mask)[0]
         unwrapped = self.accelerator.unwrap_model(self.model)
         with unwrapped.disable_adapter():
-            return self._token_log_probs(unwrapped, ids, attention_mask, k, mask, self._student_head, self.temperature)[
-                0
-            ]
+            return self._student_log_probs(unwrapped, ids, attention_mask, k, mask)[0]
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         output = super()._generate_and_score_completions(inputs)
@@ -253,30 +228,13 @@ class MiniLLMTrainer(HookedTrainerMixin, GRPOTrainer):
         if "tool_mask" in output:
             mask = mask & output["tool_mask"].bool()
 
-        s_lp, s_hidden, s_head = self._token_log_probs(
-            self.model, ids, attention_mask, k, mask, self._student_head, self.temperature
-        )
-        t_lp, t_hidden, t_head = self._token_log_probs(
-            self.teacher_model, ids, attention_mask, k, mask, self._teacher_head, self.temperature
-        )
+        s_lp, s_hidden = self._student_log_probs(self.model, ids, attention_mask, k, mask)
+        t_lp, t_hidden = self.teacher.token_log_probs(ids, attention_mask, k, mask, self.temperature)
         with torch.no_grad():
             rkl, s_entropy, t_entropy = chunked_per_token_divergence(
-                s_hidden,
-                t_hidden,
-                s_head.weight,
-                t_head.weight,
-                "rkl",
-                temperature=self.temperature,
-                student_bias=s_head.bias,
-                teacher_bias=t_head.bias,
-                vocab_size=self.vocab_size,
-                student_logit_scale=self._student_head[0],
-                student_softcap=self._student_head[1],
-                teacher_logit_scale=self._teacher_head[0],
-                teacher_softcap=self._teacher_head[1],
-                return_entropy=True,
-                return_teacher_entropy=True,
-            )
+                s_hidden, t_hidden, self.student_head, self.teacher.head, "rkl", temperature=self.temperature,
+                vocab_size=self.vocab_size, return_entropy=True, return_teacher_entropy=True,
+            )  # fmt: skip
         ref_lp = None
         if args.extrapolation_lambda != 1.0:
             ref_lp = self._reference_log_probs(ids, attention_mask, k, mask)
@@ -374,26 +332,12 @@ class MiniLLMTrainer(HookedTrainerMixin, GRPOTrainer):
         k = inputs["completion_ids"].size(1)
         mask = inputs["completion_mask"].bool()
         student = self.accelerator.unwrap_model(model)
-        teacher = self.accelerator.unwrap_model(self.teacher_model)
         s_hidden = last_hidden_states(student, ids, attention_mask, k)[mask]
-        with torch.no_grad():
-            t_hidden = last_hidden_states(teacher, ids, attention_mask, k)[mask]
-        s_head, t_head = student.get_output_embeddings(), teacher.get_output_embeddings()
+        t_hidden = self.teacher.hidden_states(ids, attention_mask, k)[mask]
         rkl = chunked_per_token_divergence(
-            s_hidden,
-            t_hidden,
-            s_head.weight,
-            t_head.weight,
-            "rkl",
-            temperature=self.temperature,
-            student_bias=s_head.bias,
-            teacher_bias=t_head.bias,
+            s_hidden, t_hidden, LMHead.of(student), self.teacher.head, "rkl", temperature=self.temperature,
             vocab_size=self.vocab_size,
-            student_logit_scale=self._student_head[0],
-            student_softcap=self._student_head[1],
-            teacher_logit_scale=self._teacher_head[0],
-            teacher_softcap=self._teacher_head[1],
-        )
+        )  # fmt: skip
         mode = "train" if self.model.training else "eval"
         accumulation = self.current_gradient_accumulation_steps if mode == "train" else 1.0
         single_step = rkl.sum() / max(int(mask.sum()), 1) / accumulation
