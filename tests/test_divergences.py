@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from trl_opd.divergences import (
     DIVERGENCES,
+    LMHead,
     chunked_per_token_divergence,
     divergence_from_log_probs,
     entropy_from_logits,
@@ -823,3 +824,49 @@ def test_fused_loss_backward_twice_is_refused():
     loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="backward twice"):
         loss.backward()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# A teacher that gives a token exactly zero probability (a -inf logit) where the student does not.
+# ----------------------------------------------------------------------------------------------------------------------
+
+ZERO_TEACHER = [0.5, 0.5, 0.0]
+STUDENT_ON_IT = [0.25, 0.25, 0.5]
+
+
+def zero_teacher_by_hand(divergence, beta=0.5):
+    p_t, p_s = ZERO_TEACHER, STUDENT_ON_IT
+    if divergence == "rkl":  # the true value is +inf; the teacher's log-probability is floored at log(float32 tiny)
+        floor = math.log(torch.finfo(torch.float32).tiny)
+        return 2 * 0.25 * math.log(0.25 / 0.5) + 0.5 * (math.log(0.5) - floor)  # 42.97513
+    m = [beta * t + (1 - beta) * s for t, s in zip(p_t, p_s)]
+    if divergence == "jsd":  # finite: M > 0 wherever the student puts mass
+        return beta * kl(p_t, m) + (1 - beta) * kl(p_s, m)
+    if divergence == "fkl":
+        return kl(p_t, p_s)
+    return 0.5 * sum(abs(a - b) for a, b in zip(p_t, p_s))
+
+
+@pytest.mark.parametrize("divergence", DIVERGENCES)
+def test_teacher_zero_probability_gives_finite_exact_values_and_gradients(divergence):
+    teacher = torch.tensor([[math.log(0.5), math.log(0.5), -math.inf]])
+    student = torch.tensor([[math.log(0.25), math.log(0.25), math.log(0.5)]], requires_grad=True)
+    expected = zero_teacher_by_hand(divergence)
+    dense = per_token_divergence(student, teacher, divergence, beta=0.5)
+    assert dense.item() == pytest.approx(expected, rel=1e-5)
+    (grad,) = torch.autograd.grad(dense.sum(), student)
+    assert torch.isfinite(grad).all()
+    # The chunked engine (identity heads; the teacher's head masks the token with a -inf bias) agrees.
+    h_s, eye = student.detach().clone().requires_grad_(), torch.eye(3)
+    teacher_head = LMHead(eye, bias=torch.tensor([0.0, 0.0, -math.inf]))
+    h_t = torch.tensor([[math.log(0.5), math.log(0.5), 0.0]])
+    chunked = chunked_per_token_divergence(h_s, h_t, eye, teacher_head, divergence, beta=0.5)
+    assert chunked.item() == pytest.approx(expected, rel=1e-5)
+    (chunked_grad,) = torch.autograd.grad(chunked.sum(), h_s)
+    assert torch.isfinite(chunked_grad).all()
+    torch.testing.assert_close(chunked_grad, grad, atol=1e-5, rtol=1e-5)
+
+
+def test_rkl_zero_teacher_hand_value():
+    assert zero_teacher_by_hand("rkl") == pytest.approx(42.97513, abs=1e-4)
+    assert zero_teacher_by_hand("jsd") == pytest.approx(0.215762, abs=1e-5)

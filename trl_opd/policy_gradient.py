@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import torch
 
+from .divergences.ops import LOG_PROB_FLOOR
+
 
 def token_rewards(
     teacher_logps: torch.Tensor,
@@ -30,7 +32,12 @@ def token_rewards(
     ref_logps: torch.Tensor | None = None,
     extrapolation_lambda: float = 1.0,
 ) -> torch.Tensor:
-    """Per-token reward ``log p_T − log q``, or ExOPD's ``λ(log p_T − log π_ref) − (log q − log π_ref)``."""
+    """Per-token reward ``log p_T − log q``, or ExOPD's ``λ(log p_T − log π_ref) − (log q − log π_ref)``.
+
+    ``log p_T`` is floored at log of float32's smallest normal number (−87.34, as in the reverse KL of
+    :mod:`trl_opd.divergences.rkl`): a sampled token the teacher gives zero probability would make the reward −inf.
+    """
+    teacher_logps = teacher_logps.clamp(min=LOG_PROB_FLOOR)
     if extrapolation_lambda == 1.0 or ref_logps is None:
         if extrapolation_lambda != 1.0:
             raise ValueError("extrapolation_lambda != 1 needs the reference model's log-probabilities.")

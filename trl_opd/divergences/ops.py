@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
+
+
+#: The floor of the teacher's log-probability inside the reverse KL's log-ratio: log of float32's smallest normal
+#: number (-87.34). Where the teacher gives a token exactly zero probability (a ``-inf`` logit) and the student does
+#: not, ``p_S (log p_S − log p_T)`` is infinite; with the floor it is bounded by ``p_S (log p_S + 87.34)`` and its
+#: gradient is finite. Tokens whose teacher probability is representable in float32 are unaffected.
+LOG_PROB_FLOOR = math.log(torch.finfo(torch.float32).tiny)
 
 
 def safe_log_softmax(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:

@@ -18,6 +18,7 @@ from ..divergences import LMHead, chunked_divergence_loss, chunked_per_token_div
 from ..models import check_left_padding, load_teacher
 from ..scoring import left_padded
 from .gkd_config import GKDConfig
+from .guard import FiniteGuardMixin
 from .hooked import HookedTrainerMixin
 from .mixing import MixedBatch, on_policy_mask
 from .teacher_mixin import TeacherMixin
@@ -30,10 +31,14 @@ _HINT = (
     "A `completion` is needed because λ < 1 makes some rows off-policy; with lmbda=1.0 (constant) or seq_kd=True a "
     "`prompt` column suffices."
 )
+_NONFINITE_DIVERGENCE_CAUSE = (
+    "NaN or inf in the student's or the teacher's logits: the student diverged (learning rate, fp16 overflow) or the "
+    "teacher is corrupted (check its checkpoint and dtype: a bf16/fp16 teacher can overflow)"
+)
 _EVAL_HINT = "Evaluation with eval_lmbda < 1 trains some rows on dataset completions; set eval_lmbda=1.0 to sample all."
 
 
-class GKDTrainer(TeacherMixin, HookedTrainerMixin, DistillationTrainer):
+class GKDTrainer(TeacherMixin, HookedTrainerMixin, FiniteGuardMixin, DistillationTrainer):
     """
     Generalized knowledge distillation (Agarwal et al., 2024) with per-sample λ-mixing and a λ schedule.
 
@@ -156,6 +161,7 @@ class GKDTrainer(TeacherMixin, HookedTrainerMixin, DistillationTrainer):
         if self._is_vlm:
             raise ValueError("trl_opd.GKDTrainer supports text models only; use trl.DistillationTrainer for VLMs.")
         self._attach_teacher(teacher, run_backbone=self._run_teacher_backbone)
+        self._init_finite_guard()
         self.lmbda_schedule = args.lambda_schedule()
         self.divergence = args.divergence
         self.seq_kd = args.seq_kd
@@ -382,10 +388,7 @@ class GKDTrainer(TeacherMixin, HookedTrainerMixin, DistillationTrainer):
             )
             weights = self._token_importance_weights(values, teacher_entropy, entropy)
             loss = (values * weights).sum() / normalizer
-        if not torch.isfinite(values).all():
-            raise FloatingPointError(
-                "The divergence is not finite: the student or teacher produced NaN/inf logits (check the learning "
-                "rate, fp16 overflow, or a teacher that gives zero probability to the student's tokens under 'fkl')."
-            )
+        if not self.check_finite(f"the per-token {self.divergence} divergence", values, _NONFINITE_DIVERGENCE_CAUSE):
+            return h_s.sum() * 0.0, entropy.sum().detach() * 0.0, n_valid  # the step is skipped (nonfinite_policy)
         self._curriculum_divergence_observations(inputs, loss_mask, values)
         return loss, entropy.sum().detach(), n_valid

@@ -8,10 +8,11 @@ from trl import DistillationConfig
 
 from ..divergences import DIVERGENCES, check_divergence
 from ..schedules import LMBDA_SCHEDULES, LambdaSchedule
+from .guard import FiniteGuardArguments
 
 
 @dataclass
-class GKDConfig(DistillationConfig):
+class GKDConfig(FiniteGuardArguments, DistillationConfig):
     r"""
     Configuration class for [`GKDTrainer`]: generalized knowledge distillation with per-sample λ-mixing.
 

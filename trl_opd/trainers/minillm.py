@@ -16,12 +16,17 @@ from ..divergences import LMHead, chunked_per_token_divergence, chunked_token_lo
 from ..models import check_left_padding, load_teacher
 from ..policy_gradient import minillm_advantages, token_rewards
 from ..scoring import last_hidden_states, left_padded
+from .guard import FiniteGuardMixin
 from .hooked import HookedTrainerMixin
 from .minillm_config import MiniLLMConfig
+from .rewards import CheckedReward, checked_reward_funcs
 from .teacher_mixin import TeacherMixin
 
 
 logger = logging.getLogger(__name__)
+
+_TEACHER_CAUSE = "the teacher produced NaN/inf logits (a corrupted checkpoint, or fp16/bf16 overflow in the teacher)"
+_STUDENT_CAUSE = "the student's logits overflowed (learning rate too high, fp16) or a reward was not finite"
 
 
 def no_external_reward(prompts=None, completions=None, **kwargs) -> list[float]:
@@ -29,7 +34,7 @@ def no_external_reward(prompts=None, completions=None, **kwargs) -> list[float]:
     return [0.0] * len(completions)
 
 
-class MiniLLMTrainer(TeacherMixin, HookedTrainerMixin, GRPOTrainer):
+class MiniLLMTrainer(TeacherMixin, HookedTrainerMixin, FiniteGuardMixin, GRPOTrainer):
     """
     MiniLLM (Gu et al., 2024): minimise the sequence-level reverse KL(p_θ ‖ p_T) by policy gradient on the student's own
     samples, with reward extrapolation (verifier rewards, and ExOPD's λ over a reference model).
@@ -112,6 +117,7 @@ class MiniLLMTrainer(TeacherMixin, HookedTrainerMixin, GRPOTrainer):
         elif not isinstance(reward_funcs, list):
             reward_funcs = [reward_funcs]
         self.has_external_rewards = bool(reward_funcs)
+        reward_funcs = checked_reward_funcs(reward_funcs, lambda quantity, cause: self.nonfinite(quantity, cause))
         if not reward_funcs:
             reward_funcs = [no_external_reward]
         if train_dataset is not None and "prompt" not in (train_dataset.column_names or []):
@@ -134,6 +140,7 @@ class MiniLLMTrainer(TeacherMixin, HookedTrainerMixin, GRPOTrainer):
             peft_config=peft_config,
         )
         self._attach_teacher(teacher)
+        self._init_finite_guard()
         self.extrapolation_ref = None
         if args.extrapolation_lambda != 1.0 and not is_peft_model(self.model):
             if ref_model is None:
@@ -254,6 +261,10 @@ class MiniLLMTrainer(TeacherMixin, HookedTrainerMixin, GRPOTrainer):
             out[mask] = values.float()
             return out
 
+        finite = self.check_finite("the teacher's log-probabilities of the sampled tokens", t_lp, _TEACHER_CAUSE)
+        finite &= self.check_finite("the student's log-probabilities of its own samples", s_lp, _STUDENT_CAUSE)
+        if ref_lp is not None:
+            finite &= self.check_finite("the reference model's log-probabilities", ref_lp, _STUDENT_CAUSE)
         rewards = token_rewards(t_lp, s_lp, ref_lp, args.extrapolation_lambda)
         external = self._external_rewards(len(inputs), mask.device)
         advantages = minillm_advantages(
@@ -278,7 +289,14 @@ class MiniLLMTrainer(TeacherMixin, HookedTrainerMixin, GRPOTrainer):
         weights = self._token_importance_weights(rkl, t_entropy, s_entropy)
         if weights is not None:
             advantages = advantages * full(weights)
+        if finite:
+            finite = self.check_finite("the advantages", advantages[mask], _STUDENT_CAUSE)
+        if not finite:  # nonfinite_policy='skip': this batch trains on no token, and its step is dropped
+            advantages = torch.zeros_like(advantages)
+            output["completion_mask"] = torch.zeros_like(output["completion_mask"])
+            mask = torch.zeros_like(mask)
         output["advantages"] = advantages
+        self._log_reward_none_counts(mode)
 
         n = max(int(mask.sum()), 1)
         metrics = self._metrics[mode]
@@ -296,8 +314,15 @@ class MiniLLMTrainer(TeacherMixin, HookedTrainerMixin, GRPOTrainer):
             metrics["rewards/external/mean"].append(external.mean().item())
         return output
 
+    def _log_reward_none_counts(self, mode: str) -> None:
+        """``rewards/<name>/none``: how many completions each verifier declared not applicable (None) so far."""
+        for func in self.reward_funcs:
+            if isinstance(func, CheckedReward):
+                self._metrics[mode][f"rewards/{func.__name__}/none"].append(float(func.none_count))
+
     def _external_rewards(self, n_local: int, device) -> torch.Tensor:
-        """This process's rows of the verifiers' weighted reward sum (0 without verifiers; NaN counts as 0)."""
+        """This process's rows of the verifiers' weighted reward sum (0 without verifiers; a verifier's None, counted
+        in ``rewards/<name>/none``, adds 0; NaN and inf never get here, see :mod:`trl_opd.trainers.rewards`)."""
         if not self.has_external_rewards or self._last_rewards_per_func is None:
             return torch.zeros(n_local, device=device)
         start = self.accelerator.process_index * n_local

@@ -8,12 +8,14 @@ from typing import Any
 
 from trl import GRPOConfig
 
+from .guard import FiniteGuardArguments
+
 
 BASELINES = ("mean", "none")
 
 
 @dataclass
-class MiniLLMConfig(GRPOConfig):
+class MiniLLMConfig(FiniteGuardArguments, GRPOConfig):
     r"""
     Configuration class for [`MiniLLMTrainer`]: reverse-KL distillation as policy gradient, with reward extrapolation.
 

@@ -6,12 +6,14 @@ from dataclasses import dataclass, field
 
 from trl import DPOConfig
 
+from .guard import FiniteGuardArguments
+
 
 SPIN_LOSS_TYPES = ("sigmoid", "hinge")
 
 
 @dataclass
-class SPINConfig(DPOConfig):
+class SPINConfig(FiniteGuardArguments, DPOConfig):
     r"""
     Configuration class for [`SPINTrainer`]: self-play fine-tuning (SPIN) as rounds of DPO.
 
