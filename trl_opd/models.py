@@ -14,27 +14,50 @@ from .scoring import last_hidden_states  # noqa: F401  (re-exported)
 logger = logging.getLogger(__name__)
 
 
-def load_teacher(teacher_model: str | PreTrainedModel, init_kwargs: dict | None, args) -> PreTrainedModel:
-    """Instantiate the teacher from a local path (or return it as is), like TRL's ``DistillationTrainer`` does.
+def load_model(
+    model: str | PreTrainedModel,
+    init_kwargs: dict | None,
+    args,
+    *,
+    revision: str | None = None,
+    quantization_config=None,
+    role: str = "model",
+) -> PreTrainedModel:
+    """Instantiate a causal LM from a local path (or return an instance as is), like TRL's trainers do.
 
-    ``init_kwargs`` go to ``from_pretrained`` (``dtype`` may be a string such as ``"bfloat16"``; default float32).
+    ``init_kwargs`` go to ``from_pretrained`` (``dtype`` may be a string such as ``"bfloat16"``; default float32), with
+    ``revision``, ``quantization_config`` (a ``BitsAndBytesConfig``), ``device_map=None`` under multi-GPU / DeepSpeed
+    training, and ``trust_remote_code`` from ``args``. ``role`` names the model in error messages.
     """
     from trl.trainer.utils import create_model_from_path
 
-    if not isinstance(teacher_model, str):
+    if not isinstance(model, str):
         if init_kwargs:
             raise ValueError(
-                "You passed teacher_model_init_kwargs in the config, but the teacher model is already instantiated; "
-                "pass the teacher as a path to have them applied."
+                f"You passed {role}_init_kwargs in the config, but the {role.replace('_', ' ')} is already "
+                "instantiated; pass it as a path to have them applied."
             )
-        return teacher_model
+        if quantization_config is not None:
+            raise ValueError(
+                f"quantization_config only applies when the {role} is given as a path; this one is already loaded."
+            )
+        return model
     kwargs = dict(init_kwargs or {})
-    if args.teacher_model_revision is not None:
-        kwargs.setdefault("revision", args.teacher_model_revision)
+    if revision is not None:
+        kwargs.setdefault("revision", revision)
+    if quantization_config is not None:
+        kwargs["quantization_config"] = quantization_config
     if args.distributed_state.distributed_type in ["MULTI_GPU", "DEEPSPEED"]:
         kwargs["device_map"] = None  # distributed training requires device_map=None
     kwargs.setdefault("trust_remote_code", args.trust_remote_code)
-    return create_model_from_path(teacher_model, **kwargs)
+    return create_model_from_path(model, **kwargs)
+
+
+def load_teacher(teacher_model: str | PreTrainedModel, init_kwargs: dict | None, args) -> PreTrainedModel:
+    """:func:`load_model` for the teacher (``args.teacher_model_revision``)."""
+    return load_model(
+        teacher_model, init_kwargs, args, revision=getattr(args, "teacher_model_revision", None), role="teacher_model"
+    )
 
 
 def check_left_padding(processing_class) -> None:
