@@ -117,8 +117,13 @@ def completion_log_probs(
     return out
 
 
+def sequence_log_probs(model, prompt_ids: list[list[int]], completions: list[list[int]], pad_token_id: int = 0):
+    """``(N,)`` ``log p(y | x) = Σ_t log p(y_t | x, y<t)`` of each completion (no gradient)."""
+    return torch.tensor([sum(row) for row in completion_log_probs(model, prompt_ids, completions, pad_token_id)])
+
+
 @torch.no_grad()
-def mean_divergence(
+def completion_divergences(
     student,
     teacher,
     prompt_ids: list[list[int]],
@@ -129,27 +134,37 @@ def mean_divergence(
     temperature: float = 1.0,
     pad_token_id: int = 0,
     batch_size: int = 32,
-) -> float:
-    """Token-mean divergence between the teacher and the student on the given completions (0 without tokens)."""
+) -> list[list[float]]:
+    """The per-token divergence between the teacher's and the student's next-token distributions at every completion
+    token, one list per row (``student`` and ``teacher`` are any two models sharing the tokenizer)."""
     device = next(student.parameters()).device
     teacher_device = next(teacher.parameters()).device
-    total, count = 0.0, 0
+    student_head, teacher_head = LMHead.of(student), LMHead.of(teacher).detached()
+    vocab_size = vocab_size or min(student_head.rows, teacher_head.rows)
+    out: list[list[float]] = []
     for start in range(0, len(prompt_ids), batch_size):
         batch = pack(prompt_ids[start : start + batch_size], completion_ids[start : start + batch_size], pad_token_id,
                      device)  # fmt: skip
         if not batch.completion_mask.any():
+            out += [[] for _ in range(batch.input_ids.shape[0])]
             continue
         h_s = completion_hidden_states(student, batch)
         teacher_batch = PackedBatch(batch.input_ids.to(teacher_device), batch.attention_mask.to(teacher_device),
                                     batch.prompt_width)  # fmt: skip
         h_t = completion_hidden_states(teacher, teacher_batch).to(device)
         values = chunked_per_token_divergence(
-            h_s, h_t, LMHead.of(student), LMHead.of(teacher).detached(), divergence, beta, temperature,
-            vocab_size=vocab_size or min(LMHead.of(student).rows, LMHead.of(teacher).rows),
-        )  # fmt: skip
-        total += values.sum().item()
-        count += values.numel()
-    return total / max(count, 1)
+            h_s, h_t, student_head, teacher_head, divergence, beta, temperature, vocab_size=vocab_size
+        )
+        out += per_row(values, batch)
+    return out
+
+
+def mean_divergence(student, teacher, prompt_ids, completion_ids, divergence="fkl", beta=0.5, vocab_size=None,
+                    temperature=1.0, pad_token_id=0, batch_size=32) -> float:  # fmt: skip
+    """Token-mean divergence between the teacher and the student on the given completions (0 without tokens)."""
+    rows = completion_divergences(student, teacher, prompt_ids, completion_ids, divergence, beta, vocab_size,
+                                  temperature, pad_token_id, batch_size)  # fmt: skip
+    return sum(map(sum, rows)) / max(sum(map(len, rows)), 1)
 
 
 @torch.no_grad()
