@@ -21,6 +21,7 @@ from .gkd_config import GKDConfig
 from .guard import FiniteGuardMixin
 from .hooked import HookedTrainerMixin
 from .mixing import MixedBatch, on_policy_mask
+from .resume import ExactResumeMixin
 from .teacher_mixin import TeacherMixin
 
 
@@ -38,7 +39,7 @@ _NONFINITE_DIVERGENCE_CAUSE = (
 _EVAL_HINT = "Evaluation with eval_lmbda < 1 trains some rows on dataset completions; set eval_lmbda=1.0 to sample all."
 
 
-class GKDTrainer(TeacherMixin, HookedTrainerMixin, FiniteGuardMixin, DistillationTrainer):
+class GKDTrainer(TeacherMixin, HookedTrainerMixin, FiniteGuardMixin, ExactResumeMixin, DistillationTrainer):
     """
     Generalized knowledge distillation (Agarwal et al., 2024) with per-sample λ-mixing and a λ schedule.
 

@@ -88,7 +88,10 @@ class NonFiniteGradientCheck(TrainerCallback):
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         trainer = self.trainer
-        bad = [] if trainer.accelerator.scaler is not None else trainer._nonfinite_gradients()
+        bad = trainer._gradient_report if trainer._gradient_report is not None else trainer._nonfinite_gradients()
+        trainer._gradient_report = None
+        if trainer.accelerator.scaler is not None:
+            bad = []
         if trainer._reduce_flag(bool(bad)):
             names = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
             trainer.nonfinite(
@@ -158,6 +161,18 @@ class FiniteGuardMixin:
                 f"(max_nonfinite_skips={limit}); the last: {reasons[-1] if reasons else 'a gradient'} Stopping: "
                 "lower the learning rate, check the teacher's logits, or use bf16 instead of fp16."
             )
+
+    _gradient_report: list[str] | None = None
+
+    def _clip_grad_norm(self, model):
+        # Before clipping: a NaN total norm would spread NaN to every gradient and hide the parameter it came from.
+        self._gradient_report = self._nonfinite_gradients()
+        return super()._clip_grad_norm(model)
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        if grad_norm is None and self._gradient_report is None:  # no clipping: the norm is taken with max_norm=inf
+            self._gradient_report = self._nonfinite_gradients()
+        return super()._get_grad_norm(model, grad_norm=grad_norm)
 
     def _nonfinite_gradients(self) -> list[str]:
         """Names of the trainable parameters whose gradient has a NaN or an infinity."""

@@ -19,6 +19,7 @@ from ..scoring import last_hidden_states, left_padded
 from .guard import FiniteGuardMixin
 from .hooked import HookedTrainerMixin
 from .minillm_config import MiniLLMConfig
+from .resume import ExactResumeMixin
 from .rewards import CheckedReward, checked_reward_funcs
 from .teacher_mixin import TeacherMixin
 
@@ -34,7 +35,7 @@ def no_external_reward(prompts=None, completions=None, **kwargs) -> list[float]:
     return [0.0] * len(completions)
 
 
-class MiniLLMTrainer(TeacherMixin, HookedTrainerMixin, FiniteGuardMixin, GRPOTrainer):
+class MiniLLMTrainer(TeacherMixin, HookedTrainerMixin, FiniteGuardMixin, ExactResumeMixin, GRPOTrainer):
     """
     MiniLLM (Gu et al., 2024): minimise the sequence-level reverse KL(p_θ ‖ p_T) by policy gradient on the student's own
     samples, with reward extrapolation (verifier rewards, and ExOPD's λ over a reference model).
