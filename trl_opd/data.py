@@ -36,6 +36,32 @@ def cut_after_first_eos(ids: list[int], eos_token_ids) -> list[int]:
     return ids
 
 
+def completion_token_ids(
+    tokenizer, prompt, completion, *, eos_token_ids, chat_template_kwargs: dict | None = None
+) -> list[int]:
+    """Token ids of a dataset completion, as the model would generate them after the rendered prompt.
+
+    Text: ``tokenizer(completion) + [eos]``. Messages: the chat template rendered over prompt + completion, minus the
+    rendered prompt (with its generation prompt), cut after the first end-of-sequence token.
+    """
+    if isinstance(prompt, list):  # conversational
+        if isinstance(completion, str):
+            completion = [{"role": "assistant", "content": completion}]
+        kwargs = {"tokenize": False, **(chat_template_kwargs or {})}
+        prompt_text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, **kwargs)
+        full_text = tokenizer.apply_chat_template(prompt + completion, **kwargs)
+        if not full_text.startswith(prompt_text):
+            raise ValueError(
+                "The chat template renders the prompt differently inside the full conversation, so the "
+                "completion can't be located. Pass text prompts/completions or a prefix-preserving template."
+            )
+        ids = tokenizer(full_text[len(prompt_text) :], add_special_tokens=False)["input_ids"]
+        return cut_after_first_eos(ids, eos_token_ids)
+    if not isinstance(completion, str):
+        raise ValueError("A text prompt needs a text completion; got a list of messages.")
+    return tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+
+
 def split_messages(messages: list[dict]) -> tuple[list[dict], list[dict]]:
     """``messages`` -> (prompt, completion): the completion is the last assistant message."""
     for i in range(len(messages) - 1, -1, -1):
@@ -86,3 +112,43 @@ def prepare_prompt_completion_dataset(
             keep = sorted(set(range(len(dataset))) - set(empty))
             dataset = dataset.select(keep)
     return dataset
+
+
+def load_dataset_spec(spec: str, split: str | None = None, size: int = 64, seed: int = 0):
+    """A dataset named the way the command line names it.
+
+    * a folder written by ``datasets.save_to_disk`` (a ``DatasetDict`` folder takes ``split``, default ``"train"``);
+    * a ``.json`` / ``.jsonl`` / ``.parquet`` file (or several, comma-separated), loaded with ``datasets``;
+    * ``reasoning_gym:<task>``: ``size`` items of a reasoning-gym task (``trl_opd.assets.reasoning_gym_dataset``,
+      seeded by ``seed``), offline.
+
+    Raises:
+        ValueError: naming the accepted forms when ``spec`` is none of them.
+    """
+    import os
+
+    from datasets import DatasetDict, load_dataset, load_from_disk
+
+    if spec.startswith("reasoning_gym:"):
+        from .assets import reasoning_gym_dataset
+
+        return reasoning_gym_dataset(spec.split(":", 1)[1], size=size, seed=seed)
+    if os.path.isdir(spec):
+        loaded = load_from_disk(spec)
+        if isinstance(loaded, DatasetDict):
+            split = split or "train"
+            if split not in loaded:
+                raise ValueError(f"{spec} holds the splits {sorted(loaded)}; there is no split {split!r}.")
+            return loaded[split]
+        return loaded
+    files = spec.split(",")
+    kinds = {"json": "json", "jsonl": "json", "parquet": "parquet"}
+    extensions = {f.rsplit(".", 1)[-1].lower() for f in files}
+    missing = [f for f in files if not os.path.isfile(f)]
+    if len(extensions) == 1 and extensions <= set(kinds) and not missing:
+        return load_dataset(kinds[extensions.pop()], data_files=files, split="train")
+    raise ValueError(
+        f"Cannot read the dataset {spec!r}"
+        + (f" (no such file: {', '.join(missing)})" if missing and extensions <= set(kinds) else "")
+        + ": pass a folder saved with datasets.save_to_disk, a .json/.jsonl/.parquet file, or reasoning_gym:<task>."
+    )

@@ -75,32 +75,21 @@ def head_rows(model: PreTrainedModel) -> int:
 
 
 def shared_vocab_size(student: PreTrainedModel, teacher: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> int:
-    """The vocabulary both heads are compared on.
+    """The vocabulary both heads are compared on: the first ``min(V_student, V_teacher)`` rows.
 
     Heads are often padded past the tokenizer (Qwen2.5: 151936 rows for 0.5B-3B, 152064 for 7B+, 151665 tokens), so
-    equal ``config.vocab_size`` is too strict. The logits are compared on the first ``min(V_student, V_teacher)``
-    rows, which must cover every token of the shared tokenizer.
+    equal ``config.vocab_size`` is too strict; the shared rows must cover every token of the tokenizer
+    (:func:`trl_opd.compatibility.compare_heads`, where the full check lives).
 
     Raises:
         ValueError: when the tokenizer has more tokens than a head has rows: the models do not share a tokenizer.
     """
-    v_student, v_teacher = head_rows(student), head_rows(teacher)
-    shared = min(v_student, v_teacher)
-    n_tokens = len(tokenizer)
-    if n_tokens > shared:
-        raise ValueError(
-            f"Vocabulary mismatch: the tokenizer has {n_tokens} tokens but the student head has {v_student} rows and "
-            f"the teacher head {v_teacher}. Distillation compares full next-token distributions, so both models must "
-            "use the same tokenizer: pick a teacher from the student's model family (or a cross-tokenizer method)."
-        )
-    if v_student != v_teacher:
-        logger.info(
-            "Student head has %d rows and teacher head %d; comparing the first %d (the tokenizer has %d tokens).",
-            v_student,
-            v_teacher,
-            shared,
-            n_tokens,
-        )
+    from .compatibility import compare_heads
+
+    shared, _, problems = compare_heads(head_rows(student), head_rows(teacher), len(tokenizer))
+    for problem in problems:
+        if problem.level == "error":
+            raise ValueError(f"{problem.what} Fix: {problem.fix}")
     return shared
 
 

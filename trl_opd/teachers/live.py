@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 
 from ..divergences import LMHead, chunked_token_log_probs
-from ..models import disable_bnb_cpu_weight_repacking, shared_vocab_size
+from ..models import disable_bnb_cpu_weight_repacking
 from ..scoring import last_hidden_states
 
 
@@ -33,12 +33,9 @@ class Teacher:
         disable_bnb_cpu_weight_repacking(unwrapped)
 
     @classmethod
-    def prepare(
-        cls, teacher, student, tokenizer, accelerator, *, deepspeed: bool = False, run_backbone=None
-    ) -> Teacher:
-        """Check the shared vocabulary against ``student`` and ``tokenizer``, then place ``teacher`` with the
-        trainer's ``accelerator`` (DeepSpeed's inference engine when ``deepspeed``)."""
-        vocab_size = shared_vocab_size(student, teacher, tokenizer)
+    def prepare(cls, teacher, vocab_size: int, accelerator, *, deepspeed: bool = False, run_backbone=None) -> Teacher:
+        """Place ``teacher`` with the trainer's ``accelerator`` (DeepSpeed's inference engine when ``deepspeed``);
+        ``vocab_size`` is the shared vocabulary (:func:`trl_opd.compatibility.check_compatibility`)."""
         if deepspeed:
             from trl.models import prepare_deepspeed
 

@@ -13,7 +13,7 @@ from trl import DistillationTrainer
 from trl.data_utils import is_conversational
 from trl.models.utils import unwrap_model_for_generation
 
-from ..data import cut_after_first_eos, is_empty_completion, prepare_prompt_completion_dataset
+from ..data import completion_token_ids, cut_after_first_eos, is_empty_completion, prepare_prompt_completion_dataset
 from ..divergences import LMHead, chunked_divergence_loss, chunked_per_token_divergence
 from ..models import check_left_padding, load_teacher
 from ..scoring import left_padded
@@ -89,6 +89,8 @@ class GKDTrainer(TeacherMixin, HookedTrainerMixin, FiniteGuardMixin, ExactResume
         success_func: optional verifier for the curriculum, called like a GRPO reward function
             (`success_func(prompts=..., completions=..., **dataset_columns) -> list[float]` in [0, 1]) on on-policy
             rollouts. Without it the curriculum observes exp(−mean divergence) of each example.
+        teacher_processing_class: the teacher's own tokenizer, for the compatibility check when the teacher is an
+            instance without a tokenizer folder (see [`trl_opd.compatibility`]).
     """
 
     _tag_names = ["trl", "trl-opd", "gkd", "distillation"]
@@ -121,6 +123,7 @@ class GKDTrainer(TeacherMixin, HookedTrainerMixin, FiniteGuardMixin, ExactResume
         prefix_filter=None,
         curriculum=None,
         success_func=None,
+        teacher_processing_class=None,
     ):
         if args is None:
             args = GKDConfig("gkd-output")
@@ -161,7 +164,7 @@ class GKDTrainer(TeacherMixin, HookedTrainerMixin, FiniteGuardMixin, ExactResume
         )
         if self._is_vlm:
             raise ValueError("trl_opd.GKDTrainer supports text models only; use trl.DistillationTrainer for VLMs.")
-        self._attach_teacher(teacher, run_backbone=self._run_teacher_backbone)
+        self._attach_teacher(teacher, teacher_processing_class, run_backbone=self._run_teacher_backbone)
         self._init_finite_guard()
         self.lmbda_schedule = args.lambda_schedule()
         self.divergence = args.divergence
@@ -314,32 +317,13 @@ class GKDTrainer(TeacherMixin, HookedTrainerMixin, FiniteGuardMixin, ExactResume
             batch.drop(i)
 
     def _tokenize_completion(self, prompt, completion, prompt_ids: list[int]) -> list[int]:
-        """Token ids of a dataset completion, as the model would have generated them after ``prompt_ids``.
-
-        Text: ``tokenizer(completion) + [eos]``. Messages: the chat template rendered over prompt + completion, minus
-        the rendered prompt (with its generation prompt), cut after the first end-of-sequence token.
-        """
-        tokenizer = self._tokenizer
-        if is_conversational({"prompt": prompt}):
-            if isinstance(completion, str):
-                completion = [{"role": "assistant", "content": completion}]
-            kwargs = {"tokenize": False, **self.chat_template_kwargs}
-            prompt_text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, **kwargs)
-            full_text = tokenizer.apply_chat_template(prompt + completion, **kwargs)
-            if not full_text.startswith(prompt_text):
-                raise ValueError(
-                    "The chat template renders the prompt differently inside the full conversation, so the "
-                    "completion can't be located. Pass text prompts/completions or a prefix-preserving template."
-                )
-            ids = tokenizer(full_text[len(prompt_text) :], add_special_tokens=False)["input_ids"]
-            ids = cut_after_first_eos(ids, self.eos_token_ids)
-        else:
-            if not isinstance(completion, str):
-                raise ValueError("A text prompt needs a text completion; got a list of messages.")
-            ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        if self.max_completion_length is not None:
-            ids = ids[: self.max_completion_length]
-        return ids
+        """Token ids of a dataset completion, as the model would have generated them after ``prompt_ids``
+        (:func:`trl_opd.data.completion_token_ids`), cut to ``max_completion_length``."""
+        ids = completion_token_ids(
+            self._tokenizer, prompt, completion, eos_token_ids=self.eos_token_ids,
+            chat_template_kwargs=self.chat_template_kwargs,
+        )  # fmt: skip
+        return ids if self.max_completion_length is None else ids[: self.max_completion_length]
 
     @torch.no_grad()
     def _teacher_generate(self, prompt_ids: list[list[int]]) -> list[list[int]]:

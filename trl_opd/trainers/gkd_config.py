@@ -9,10 +9,11 @@ from trl import DistillationConfig
 from ..divergences import DIVERGENCES, check_divergence
 from ..schedules import LMBDA_SCHEDULES, LambdaSchedule
 from .guard import FiniteGuardArguments
+from .teacher_args import TeacherArguments
 
 
 @dataclass
-class GKDConfig(FiniteGuardArguments, DistillationConfig):
+class GKDConfig(TeacherArguments, FiniteGuardArguments, DistillationConfig):
     r"""
     Configuration class for [`GKDTrainer`]: generalized knowledge distillation with per-sample λ-mixing.
 

@@ -72,6 +72,8 @@ class MiniLLMTrainer(TeacherMixin, HookedTrainerMixin, FiniteGuardMixin, ExactRe
             divergence it scores with is the exact per-token reverse KL).
         prefix_filter: a [`trl_opd.hooks.FlawedPrefixFilter`]: flawed rollouts are dropped from the loss (there is no
             dataset completion to fall back on here).
+        teacher_processing_class: the teacher's own tokenizer, for the compatibility check when the teacher is an
+            instance without a tokenizer folder (see [`trl_opd.compatibility`]).
     """
 
     _tag_names = ["trl", "trl-opd", "minillm", "distillation"]
@@ -105,6 +107,7 @@ class MiniLLMTrainer(TeacherMixin, HookedTrainerMixin, FiniteGuardMixin, ExactRe
         ref_model=None,
         token_importance=None,
         prefix_filter=None,
+        teacher_processing_class=None,
     ):
         if args is None:
             args = MiniLLMConfig("minillm-output")
@@ -140,7 +143,7 @@ class MiniLLMTrainer(TeacherMixin, HookedTrainerMixin, FiniteGuardMixin, ExactRe
             quantization_config=quantization_config,
             peft_config=peft_config,
         )
-        self._attach_teacher(teacher)
+        self._attach_teacher(teacher, teacher_processing_class)
         self._init_finite_guard()
         self.extrapolation_ref = None
         if args.extrapolation_lambda != 1.0 and not is_peft_model(self.model):

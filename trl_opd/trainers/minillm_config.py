@@ -9,13 +9,14 @@ from typing import Any
 from trl import GRPOConfig
 
 from .guard import FiniteGuardArguments
+from .teacher_args import TeacherArguments
 
 
 BASELINES = ("mean", "none")
 
 
 @dataclass
-class MiniLLMConfig(FiniteGuardArguments, GRPOConfig):
+class MiniLLMConfig(TeacherArguments, FiniteGuardArguments, GRPOConfig):
     r"""
     Configuration class for [`MiniLLMTrainer`]: reverse-KL distillation as policy gradient, with reward extrapolation.
 

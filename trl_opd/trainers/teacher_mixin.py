@@ -9,6 +9,7 @@ vocabulary), and offers the student's head and the public evaluation helpers.
 
 from __future__ import annotations
 
+from ..compatibility import check_compatibility
 from ..divergences import LMHead
 from ..evaluation import guards
 from ..models import disable_bnb_cpu_weight_repacking
@@ -20,15 +21,39 @@ class TeacherMixin:
 
     teacher: Teacher
 
-    def _attach_teacher(self, teacher_model, run_backbone=None) -> None:
-        """Prepare the loaded teacher for this trainer's accelerator (after the base ``__init__``)."""
+    def _attach_teacher(self, teacher_model, teacher_tokenizer=None, run_backbone=None) -> None:
+        """Check the teacher against the student (:func:`trl_opd.compatibility.check_compatibility`, raising or
+        warning per ``args.compatibility_check``), suppress the student's ids that are no token in its generation, and
+        place the teacher with this trainer's accelerator (after the base ``__init__``)."""
+        student = self.accelerator.unwrap_model(self.model)
+        report = check_compatibility(student, teacher_model, self._text_tokenizer, teacher_tokenizer)
+        report.raise_or_warn(getattr(self.args, "compatibility_check", "error"))
+        self.compatibility = report
+        self._suppress_in_generation(report.suppressed_ids)
         self.teacher = Teacher.prepare(
-            teacher_model, self.model, self._text_tokenizer, self.accelerator,
-            deepspeed=self.is_deepspeed_enabled, run_backbone=run_backbone,
-        )  # fmt: skip
+            teacher_model,
+            report.shared_vocab_size,
+            self.accelerator,
+            deepspeed=self.is_deepspeed_enabled,
+            run_backbone=run_backbone,
+        )
         self.teacher_model = self.teacher.model
         self.vocab_size = self.teacher.vocab_size
         disable_bnb_cpu_weight_repacking(self.model)
+
+    def _suppress_in_generation(self, token_ids: list[int]) -> None:
+        """Never sample ``token_ids`` (student head rows past the tokenizer, which the teacher may lack)."""
+        if not token_ids:
+            return
+        if getattr(self.args, "use_vllm", False):
+            raise ValueError(
+                f"The student head has {len(token_ids)} rows past the tokenizer (ids {token_ids[0]}..{token_ids[-1]}) "
+                "that vLLM could sample; trl-opd suppresses them in transformers' generate only. Train with "
+                "use_vllm=False, or resize the student's head to the tokenizer (model.resize_token_embeddings)."
+            )
+        suppressed = sorted(set(self.generation_kwargs.get("suppress_tokens") or []) | set(token_ids))
+        self.generation_kwargs["suppress_tokens"] = suppressed
+        self.generation_config.suppress_tokens = suppressed
 
     @property
     def _text_tokenizer(self):

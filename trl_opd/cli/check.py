@@ -1,0 +1,66 @@
+"""``trl-opd check``: can this teacher teach this student? (:mod:`trl_opd.compatibility`)."""
+
+from __future__ import annotations
+
+import argparse
+
+from . import UsageError
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "check",
+        help="check that a teacher and a student share a tokenizer, chat template and vocabulary",
+        description=(
+            "Compare a student and a teacher before training: their tokenizers (vocabulary, merges, added tokens, "
+            "EOS/BOS/UNK ids, chat template; pad id, normalizer and pre-tokenizer as warnings) and their head sizes. "
+            "With --dataset, also load the teacher and report its own per-token NLL on a few completions rendered "
+            "with the student's tokenizer and template (a few nats above its usual level points at a template "
+            "mismatch). Exits 1 when a blocking problem is found."
+        ),
+    )
+    parser.add_argument("--student", required=True, help="the student's folder (config.json + tokenizer)")
+    parser.add_argument("--teacher", required=True, help="the teacher's folder (config.json + its own tokenizer)")
+    parser.add_argument(
+        "--dataset",
+        help="rows with prompt + completion (or messages): a save_to_disk folder, a .json/.jsonl/.parquet file, or "
+        "reasoning_gym:<task>",
+    )
+    parser.add_argument("--rows", type=int, default=8, help="rows of --dataset scored by the teacher (default 8)")
+    parser.set_defaults(func=run_check)
+
+
+def run_check(args: argparse.Namespace) -> int:
+    import os
+
+    from transformers import AutoConfig, AutoTokenizer
+
+    from ..compatibility import check_compatibility, teacher_nll
+
+    for flag, folder in (("--student", args.student), ("--teacher", args.teacher)):
+        if not os.path.isdir(folder):
+            raise UsageError(f"{flag} {folder!r} is not a folder; pass the folder holding the model's config.json.")
+    tokenizer = AutoTokenizer.from_pretrained(args.student)
+    report = check_compatibility(AutoConfig.from_pretrained(args.student), args.teacher, tokenizer)
+    if args.dataset:
+        from datasets import Dataset
+
+        from ..data import load_dataset_spec, prepare_prompt_completion_dataset
+        from ..models import load_model
+
+        dataset = prepare_prompt_completion_dataset(load_dataset_spec(args.dataset), "--dataset")
+        if not isinstance(dataset, Dataset) or len(dataset) == 0:
+            raise UsageError(f"--dataset {args.dataset!r} holds no rows to score.")
+        teacher = load_model(args.teacher, None, _NoDistributedArgs(), role="teacher")
+        report.facts["teacher NLL (nats/token)"] = f"{teacher_nll(teacher, tokenizer, dataset, args.rows):.3f}"
+    print(report.format())
+    return 0 if report.ok else 1
+
+
+class _NoDistributedArgs:
+    """The bits of a config :func:`trl_opd.models.load_model` reads, for a single-process command."""
+
+    trust_remote_code = False
+
+    class distributed_state:  # noqa: N801  (mirrors TrainingArguments.distributed_state)
+        distributed_type = "NO"
