@@ -72,7 +72,7 @@ def split_messages(messages: list[dict]) -> tuple[list[dict], list[dict]]:
 
 
 def prepare_prompt_completion_dataset(
-    dataset: Dataset | IterableDataset | None,
+    dataset: Dataset | IterableDataset | dict | None,
     name: str = "train_dataset",
     needs_completion: bool = True,
     completion_hint: str = "",
@@ -87,7 +87,14 @@ def prepare_prompt_completion_dataset(
     """
     if dataset is None:
         return None
-    columns = list(dataset.column_names or [])
+    if isinstance(dataset, dict):  # several evaluation datasets
+        return {
+            key: prepare_prompt_completion_dataset(ds, f"{name}[{key!r}]", needs_completion, completion_hint)
+            for key, ds in dataset.items()
+        }
+    if isinstance(dataset, Dataset) and len(dataset) == 0:
+        raise ValueError(f"{name} has no rows; pass a dataset with at least one prompt.")
+    columns = dataset_columns(dataset, name)
     if "prompt" not in columns and "messages" in columns:
         dataset = dataset.map(
             lambda row: dict(zip(("prompt", "completion"), split_messages(row["messages"]), strict=True)),
@@ -98,6 +105,8 @@ def prepare_prompt_completion_dataset(
         needed = "`prompt` and `completion`, or `messages`" if needs_completion else "`prompt` (or `messages`)"
         hint = f" {completion_hint}" if completion_hint and needs_completion and "prompt" in columns else ""
         raise ValueError(f"{name} has columns {columns}; expected {needed}.{hint}")
+    if isinstance(dataset, Dataset):
+        check_row_types(dataset[0], name, row_index=0)
     if needs_completion and isinstance(dataset, Dataset):
         empty = [i for i, completion in enumerate(dataset["completion"]) if is_empty_completion(completion)]
         if len(empty) == len(dataset):
@@ -112,6 +121,49 @@ def prepare_prompt_completion_dataset(
             keep = sorted(set(range(len(dataset))) - set(empty))
             dataset = dataset.select(keep)
     return dataset
+
+
+def dataset_columns(dataset: Dataset | IterableDataset, name: str = "train_dataset") -> list[str]:
+    """The column names; a stream whose features are not declared is read for its first row."""
+    if dataset.column_names is not None:
+        return list(dataset.column_names)
+    try:
+        first = next(iter(dataset))
+    except StopIteration:
+        raise ValueError(f"{name} is a stream with no rows; pass a dataset with at least one prompt.") from None
+    return list(first)
+
+
+def _is_messages(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(m, dict) and "role" in m and "content" in m for m in value)
+
+
+def check_row_types(row: dict, name: str = "train_dataset", row_index: int | None = None) -> None:
+    """A ``prompt`` must be text or a list of messages, a ``completion`` the same kind (or missing/None).
+
+    Raises:
+        TypeError: naming the column, the row, the type found and the layouts expected.
+    """
+    where = f"{name}" + (f" row {row_index}" if row_index is not None else "")
+    prompt = row.get("prompt")
+    if not (isinstance(prompt, str) or _is_messages(prompt)):
+        raise TypeError(
+            f"{where}: `prompt` is {type(prompt).__name__} ({str(prompt)[:60]!r}); expected text or a list of "
+            '{"role": ..., "content": ...} messages.'
+        )
+    if "completion" not in row or row["completion"] is None:
+        return
+    completion = row["completion"]
+    if isinstance(prompt, str) and not isinstance(completion, str):
+        raise TypeError(
+            f"{where}: the prompt is text, so `completion` must be text too; got {type(completion).__name__} "
+            f"({str(completion)[:60]!r}). Convert it: dataset.map(lambda r: {{'completion': str(r['completion'])}})."
+        )
+    if isinstance(prompt, list) and not (isinstance(completion, str) or _is_messages(completion)):
+        raise TypeError(
+            f"{where}: the prompt is a list of messages, so `completion` must be an assistant message list (or text); "
+            f"got {type(completion).__name__} ({str(completion)[:60]!r})."
+        )
 
 
 def load_dataset_spec(spec: str, split: str | None = None, size: int = 64, seed: int = 0):

@@ -60,6 +60,22 @@ def load_teacher(teacher_model: str | PreTrainedModel, init_kwargs: dict | None,
     )
 
 
+def check_processing_class(model, processing_class) -> None:
+    """A student given as an instance needs its tokenizer: refuse ``processing_class=None`` unless the model's
+    ``name_or_path`` is a local folder holding one (TRL would try to download it and fail with a Hub error)."""
+    if processing_class is not None or isinstance(model, str):
+        return
+    from .compatibility import _has_tokenizer_files
+
+    folder = str(getattr(model, "name_or_path", "") or "")
+    if not _has_tokenizer_files(folder):
+        raise ValueError(
+            "processing_class is None and the student is a model instance without a local tokenizer folder, so there "
+            "is no tokenizer to use. Pass processing_class=AutoTokenizer.from_pretrained(folder, padding_side='left') "
+            "(or give the student as a path)."
+        )
+
+
 def check_left_padding(processing_class) -> None:
     """Generation batches prompts with left padding: refuse a tokenizer set to pad on the right, naming the fix."""
     if processing_class is not None and getattr(processing_class, "padding_side", "left") != "left":

@@ -64,16 +64,18 @@ def tiny_llama(
             "bos_token_id": tokenizer.bos_token_id,
         }
     config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=hidden_size,
-        intermediate_size=2 * hidden_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        num_key_value_heads=num_heads,
-        max_position_embeddings=256,
-        tie_word_embeddings=False,
-        **ids,
-        **config_kwargs,
+        **{
+            "vocab_size": vocab_size,
+            "hidden_size": hidden_size,
+            "intermediate_size": 2 * hidden_size,
+            "num_hidden_layers": num_layers,
+            "num_attention_heads": num_heads,
+            "num_key_value_heads": num_heads,
+            "max_position_embeddings": 256,
+            "tie_word_embeddings": False,
+            **ids,
+            **config_kwargs,  # overrides any of the above
+        }
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)

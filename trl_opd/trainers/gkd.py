@@ -13,14 +13,21 @@ from trl import DistillationTrainer
 from trl.data_utils import is_conversational
 from trl.models.utils import unwrap_model_for_generation
 
-from ..data import completion_token_ids, cut_after_first_eos, is_empty_completion, prepare_prompt_completion_dataset
+from ..data import (
+    check_row_types,
+    completion_token_ids,
+    cut_after_first_eos,
+    is_empty_completion,
+    prepare_prompt_completion_dataset,
+)
 from ..divergences import LMHead, chunked_divergence_loss, chunked_per_token_divergence
-from ..models import check_left_padding, load_teacher
+from ..models import check_left_padding, check_processing_class, load_teacher
 from ..scoring import left_padded
 from .gkd_config import GKDConfig
 from .guard import FiniteGuardMixin
 from .hooked import HookedTrainerMixin
 from .mixing import MixedBatch, on_policy_mask
+from .prompts import PromptLengthMixin
 from .resume import ExactResumeMixin
 from .teacher_mixin import TeacherMixin
 
@@ -39,7 +46,9 @@ _NONFINITE_DIVERGENCE_CAUSE = (
 _EVAL_HINT = "Evaluation with eval_lmbda < 1 trains some rows on dataset completions; set eval_lmbda=1.0 to sample all."
 
 
-class GKDTrainer(TeacherMixin, HookedTrainerMixin, FiniteGuardMixin, ExactResumeMixin, DistillationTrainer):
+class GKDTrainer(
+    TeacherMixin, HookedTrainerMixin, FiniteGuardMixin, ExactResumeMixin, PromptLengthMixin, DistillationTrainer
+):
     """
     Generalized knowledge distillation (Agarwal et al., 2024) with per-sample λ-mixing and a λ schedule.
 
@@ -133,19 +142,14 @@ class GKDTrainer(TeacherMixin, HookedTrainerMixin, FiniteGuardMixin, ExactResume
             teacher_model = args.teacher_model_name_or_path
         if teacher_model is None:
             raise ValueError("GKDTrainer needs a teacher: pass teacher_model= or set teacher_model_name_or_path.")
+        check_processing_class(model, processing_class)
         check_left_padding(processing_class)
         needs_completion = args.needs_dataset_completions
         train_dataset = prepare_prompt_completion_dataset(train_dataset, "train_dataset", needs_completion, _HINT)
         train_dataset = self._init_hooks(train_dataset, token_importance, prefix_filter, curriculum, success_func)
-        if isinstance(eval_dataset, dict):
-            eval_dataset = {
-                key: prepare_prompt_completion_dataset(ds, f"eval_dataset[{key!r}]", args.eval_lmbda < 1.0, _EVAL_HINT)
-                for key, ds in eval_dataset.items()
-            }
-        else:
-            eval_dataset = prepare_prompt_completion_dataset(
-                eval_dataset, "eval_dataset", args.eval_lmbda < 1.0, _EVAL_HINT
-            )
+        eval_dataset = prepare_prompt_completion_dataset(
+            eval_dataset, "eval_dataset", args.eval_lmbda < 1.0, _EVAL_HINT
+        )
 
         # The teacher is prepared here rather than by the parent, whose check of equal `config.vocab_size` refuses
         # heads padded to different sizes that share a tokenizer (see `shared_vocab_size`).
@@ -207,6 +211,9 @@ class GKDTrainer(TeacherMixin, HookedTrainerMixin, FiniteGuardMixin, ExactResume
             self.accelerator.process_index,
             self.accelerator.num_processes,
         )
+        if not isinstance(self.train_dataset, Dataset):  # streamed rows were not checked up front
+            for row in inputs:
+                check_row_types(row, "train_dataset")
         on_policy = self._fallback_empty_completions(inputs, on_policy, mode)
         batch = self._mixed = MixedBatch(inputs, on_policy)
         try:

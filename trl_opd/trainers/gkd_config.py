@@ -9,11 +9,12 @@ from trl import DistillationConfig
 from ..divergences import DIVERGENCES, check_divergence
 from ..schedules import LMBDA_SCHEDULES, LambdaSchedule
 from .guard import FiniteGuardArguments
+from .prompts import PromptArguments
 from .teacher_args import TeacherArguments
 
 
 @dataclass
-class GKDConfig(TeacherArguments, FiniteGuardArguments, DistillationConfig):
+class GKDConfig(TeacherArguments, PromptArguments, FiniteGuardArguments, DistillationConfig):
     r"""
     Configuration class for [`GKDTrainer`]: generalized knowledge distillation with per-sample λ-mixing.
 

@@ -12,13 +12,15 @@ import torch
 from accelerate.utils import is_peft_model
 from trl import GRPOTrainer
 
+from ..data import prepare_prompt_completion_dataset
 from ..divergences import LMHead, chunked_per_token_divergence, chunked_token_log_probs
-from ..models import check_left_padding, load_teacher
+from ..models import check_left_padding, check_processing_class, load_teacher
 from ..policy_gradient import minillm_advantages, token_rewards
 from ..scoring import last_hidden_states, left_padded
 from .guard import FiniteGuardMixin
 from .hooked import HookedTrainerMixin
 from .minillm_config import MiniLLMConfig
+from .prompts import PromptLengthMixin
 from .resume import ExactResumeMixin
 from .rewards import CheckedReward, checked_reward_funcs
 from .teacher_mixin import TeacherMixin
@@ -35,7 +37,9 @@ def no_external_reward(prompts=None, completions=None, **kwargs) -> list[float]:
     return [0.0] * len(completions)
 
 
-class MiniLLMTrainer(TeacherMixin, HookedTrainerMixin, FiniteGuardMixin, ExactResumeMixin, GRPOTrainer):
+class MiniLLMTrainer(
+    TeacherMixin, HookedTrainerMixin, FiniteGuardMixin, ExactResumeMixin, PromptLengthMixin, GRPOTrainer
+):
     """
     MiniLLM (Gu et al., 2024): minimise the sequence-level reverse KL(p_θ ‖ p_T) by policy gradient on the student's own
     samples, with reward extrapolation (verifier rewards, and ExOPD's λ over a reference model).
@@ -115,6 +119,7 @@ class MiniLLMTrainer(TeacherMixin, HookedTrainerMixin, FiniteGuardMixin, ExactRe
             raise TypeError(f"args must be a trl_opd.MiniLLMConfig, got {type(args).__name__}.")
         if teacher_model is None:
             raise ValueError("MiniLLMTrainer needs a teacher_model (a path or a PreTrainedModel).")
+        check_processing_class(model, processing_class)
         check_left_padding(processing_class)
         if reward_funcs is None:
             reward_funcs = []
@@ -124,8 +129,8 @@ class MiniLLMTrainer(TeacherMixin, HookedTrainerMixin, FiniteGuardMixin, ExactRe
         reward_funcs = checked_reward_funcs(reward_funcs, lambda quantity, cause: self.nonfinite(quantity, cause))
         if not reward_funcs:
             reward_funcs = [no_external_reward]
-        if train_dataset is not None and "prompt" not in (train_dataset.column_names or []):
-            raise ValueError(f"train_dataset has columns {train_dataset.column_names}; expected a `prompt` column.")
+        train_dataset = prepare_prompt_completion_dataset(train_dataset, "train_dataset", needs_completion=False)
+        eval_dataset = prepare_prompt_completion_dataset(eval_dataset, "eval_dataset", needs_completion=False)
 
         args.teacher_model_revision = getattr(args, "teacher_model_revision", None)
         teacher = load_teacher(teacher_model, args.teacher_model_init_kwargs, args)

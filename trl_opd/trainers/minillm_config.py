@@ -9,6 +9,7 @@ from typing import Any
 from trl import GRPOConfig
 
 from .guard import FiniteGuardArguments
+from .prompts import PromptArguments
 from .teacher_args import TeacherArguments
 
 
@@ -16,7 +17,7 @@ BASELINES = ("mean", "none")
 
 
 @dataclass
-class MiniLLMConfig(TeacherArguments, FiniteGuardArguments, GRPOConfig):
+class MiniLLMConfig(TeacherArguments, PromptArguments, FiniteGuardArguments, GRPOConfig):
     r"""
     Configuration class for [`MiniLLMTrainer`]: reverse-KL distillation as policy gradient, with reward extrapolation.
 
