@@ -27,3 +27,16 @@ def tok():
 def dataset():
     """100 rows ``{"prompt": "a+b=", "completion": "c"}``; modules may override it with their own variant."""
     return addition_dataset()
+
+
+@pytest.fixture(scope="module")
+def make_gkd_config(tmp_path_factory):
+    """``make_gkd_config(**fields)``: a CPU GKDConfig in a temporary folder."""
+    from trl_opd import GKDConfig
+
+    output_dir = str(tmp_path_factory.mktemp("gkd_config"))
+
+    def make(**kwargs):
+        return GKDConfig(output_dir=output_dir, bf16=False, use_cpu=True, report_to=[], **kwargs)
+
+    return make

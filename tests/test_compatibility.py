@@ -75,8 +75,13 @@ def test_explicit_teacher_tokenizer_and_warn_mode(tmp_path, tok, dataset, permut
     trainer = make_trainer(tmp_path / "a", tok, dataset)  # an instance with no folder: compared on head sizes only
     assert trainer.compatibility.ok
     assert any("unknown" in p.what for p in trainer.compatibility.problems)
-    kwargs = dict(model=tiny_llama(len(tok), tokenizer=tok, seed=1), teacher_model=trainer.teacher.unwrapped,
-                  train_dataset=dataset, processing_class=tok, teacher_processing_class=permuted)  # fmt: skip
+    kwargs = dict(
+        model=tiny_llama(len(tok), tokenizer=tok, seed=1),
+        teacher_model=trainer.teacher.unwrapped,
+        train_dataset=dataset,
+        processing_class=tok,
+        teacher_processing_class=permuted,
+    )
     with pytest.raises(ValueError, match="differ in their vocabulary"):
         GKDTrainer(args=trainer.args, **kwargs)
     trainer.args.compatibility_check = "warn"

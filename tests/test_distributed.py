@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+
 SCRIPT = Path(__file__).parent / "scripts" / "gkd_distributed.py"
 
 
@@ -17,8 +18,15 @@ def run(tmp_path, processes):
     if processes == 1:
         command = [sys.executable, str(SCRIPT), str(out)]
     else:
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-                   str(SCRIPT), str(out)]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={processes}",
+            str(SCRIPT),
+            str(out),
+        ]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(out.read_text())

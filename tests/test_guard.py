@@ -59,10 +59,13 @@ def test_gkd_nan_gradient_stops_before_the_update_and_keeps_the_last_good_checkp
         from trl_opd import GKDTrainer
 
         trainer = GKDTrainer(
-            model=tiny_llama(len(tok), tokenizer=tok, seed=1), teacher_model=trainer.teacher.unwrapped,
-            args=trainer.args, train_dataset=dataset, processing_class=tok,
+            model=tiny_llama(len(tok), tokenizer=tok, seed=1),
+            teacher_model=trainer.teacher.unwrapped,
+            args=trainer.args,
+            train_dataset=dataset,
+            processing_class=tok,
             peft_config=LoraConfig(r=4, target_modules=["down_proj", "q_proj"]),
-        )  # fmt: skip
+        )
     callback = NaNGradientAt(trainer.accelerator.unwrap_model(trainer.model), steps=[3])
     trainer.add_callback(callback)
     before = {}
@@ -143,19 +146,28 @@ def test_gkd_nan_teacher_logits_name_the_divergence(tmp_path, tok, dataset):
 
 def minillm_config(tmp_path, **overrides):
     values = dict(
-        output_dir=str(tmp_path), per_device_train_batch_size=8, num_generations=4, max_steps=3,
-        max_completion_length=6, learning_rate=3e-3, disable_tqdm=True, **CPU_TRAINING_ARGS,
-    )  # fmt: skip
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=8,
+        num_generations=4,
+        max_steps=3,
+        max_completion_length=6,
+        learning_rate=3e-3,
+        disable_tqdm=True,
+        **CPU_TRAINING_ARGS,
+    )
     values.update(overrides)
     return MiniLLMConfig(**values)
 
 
 def minillm(tmp_path, tok, dataset, reward_funcs=None, **overrides):
     return MiniLLMTrainer(
-        model=tiny_llama(len(tok), tokenizer=tok, seed=1), teacher_model=tiny_llama(len(tok), tokenizer=tok, seed=2),
-        reward_funcs=reward_funcs, args=minillm_config(tmp_path, **overrides), train_dataset=dataset,
+        model=tiny_llama(len(tok), tokenizer=tok, seed=1),
+        teacher_model=tiny_llama(len(tok), tokenizer=tok, seed=2),
+        reward_funcs=reward_funcs,
+        args=minillm_config(tmp_path, **overrides),
+        train_dataset=dataset,
         processing_class=tok,
-    )  # fmt: skip
+    )
 
 
 def test_minillm_nan_gradient_stops_before_the_update(tmp_path, tok, dataset):

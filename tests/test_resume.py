@@ -50,16 +50,26 @@ def compare(straight, resumed, samples_straight, samples_resumed, keys):
 
 
 GKD_RUN = dict(
-    max_steps=6, save_strategy="steps", save_steps=3, lmbda_schedule="three_phase", lmbda_warmup_fraction=0.34,
-    lmbda_mixed_fraction=0.33, divergence="jsd",
-)  # fmt: skip
+    max_steps=6,
+    save_strategy="steps",
+    save_steps=3,
+    lmbda_schedule="three_phase",
+    lmbda_warmup_fraction=0.34,
+    lmbda_mixed_fraction=0.33,
+    divergence="jsd",
+)
 
 
 def gkd(output_dir, tok, dataset):
     trainer = make_trainer(
-        output_dir, tok, dataset, token_importance=TokenImportance(mode="top_fraction", keep_fraction=0.5),
-        prefix_filter=FlawedPrefixFilter(max_perplexity=1000.0), curriculum=PacedCurriculum(), **GKD_RUN,
-    )  # fmt: skip
+        output_dir,
+        tok,
+        dataset,
+        token_importance=TokenImportance(mode="top_fraction", keep_fraction=0.5),
+        prefix_filter=FlawedPrefixFilter(max_perplexity=1000.0),
+        curriculum=PacedCurriculum(),
+        **GKD_RUN,
+    )
     return trainer
 
 
@@ -84,16 +94,25 @@ def test_gkd_resume_is_exact_with_every_hook(tmp_path, tok, dataset):
 
 def minillm(output_dir, tok, dataset):
     args = MiniLLMConfig(
-        output_dir=str(output_dir), per_device_train_batch_size=8, num_generations=4, max_steps=6,
-        max_completion_length=6, learning_rate=3e-3, save_steps=3, disable_tqdm=True,
+        output_dir=str(output_dir),
+        per_device_train_batch_size=8,
+        num_generations=4,
+        max_steps=6,
+        max_completion_length=6,
+        learning_rate=3e-3,
+        save_steps=3,
+        disable_tqdm=True,
         **{**CPU_TRAINING_ARGS, "save_strategy": "steps"},
-    )  # fmt: skip
+    )
     return MiniLLMTrainer(
-        model=tiny_llama(len(tok), tokenizer=tok, seed=1), teacher_model=tiny_llama(len(tok), tokenizer=tok, seed=2),
-        args=args, train_dataset=dataset, processing_class=tok,
+        model=tiny_llama(len(tok), tokenizer=tok, seed=1),
+        teacher_model=tiny_llama(len(tok), tokenizer=tok, seed=2),
+        args=args,
+        train_dataset=dataset,
+        processing_class=tok,
         token_importance=TokenImportance(mode="top_fraction", keep_fraction=0.5),
         prefix_filter=FlawedPrefixFilter(max_perplexity=1000.0),
-    )  # fmt: skip
+    )
 
 
 def test_minillm_resume_is_exact(tmp_path, tok, dataset):

@@ -52,11 +52,19 @@ def test_temperature_is_checked_when_the_config_is_made(tmp_path, temperature):
 
 def test_model_instance_without_a_tokenizer_needs_processing_class(tmp_path, tok, dataset):
     with pytest.raises(ValueError, match="processing_class is None and the student is a model instance"):
-        GKDTrainer(model=tiny_llama(len(tok), tokenizer=tok), teacher_model=tiny_llama(len(tok), tokenizer=tok),
-                   args=make_config(tmp_path), train_dataset=dataset)  # fmt: skip
+        GKDTrainer(
+            model=tiny_llama(len(tok), tokenizer=tok),
+            teacher_model=tiny_llama(len(tok), tokenizer=tok),
+            args=make_config(tmp_path),
+            train_dataset=dataset,
+        )
     with pytest.raises(ValueError, match="processing_class is None and the student is a model instance"):
-        MiniLLMTrainer(model=tiny_llama(len(tok), tokenizer=tok), teacher_model=tiny_llama(len(tok), tokenizer=tok),
-                       args=MiniLLMConfig(output_dir=str(tmp_path), **CPU_TRAINING_ARGS), train_dataset=dataset)  # fmt: skip
+        MiniLLMTrainer(
+            model=tiny_llama(len(tok), tokenizer=tok),
+            teacher_model=tiny_llama(len(tok), tokenizer=tok),
+            args=MiniLLMConfig(output_dir=str(tmp_path), **CPU_TRAINING_ARGS),
+            train_dataset=dataset,
+        )
 
 
 def long_prompts(n=8):

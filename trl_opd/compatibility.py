@@ -120,8 +120,17 @@ def tokenizer_fingerprint(tokenizer) -> dict[str, Any]:
 
 
 #: Fingerprint fields whose difference blocks training, and those that only warn.
-_BLOCKING = ("size", "vocabulary", "model", "merges", "added tokens", "eos_token_id", "bos_token_id", "unk_token_id",
-             "chat template")  # fmt: skip
+_BLOCKING = (
+    "size",
+    "vocabulary",
+    "model",
+    "merges",
+    "added tokens",
+    "eos_token_id",
+    "bos_token_id",
+    "unk_token_id",
+    "chat template",
+)
 _WARNING = ("pad_token_id", "normalizer", "pre-tokenizer")
 
 
@@ -134,10 +143,13 @@ def compare_tokenizers(student_tokenizer, teacher_tokenizer) -> list[Problem]:
             continue
         if key == "chat template" and (a[key] is None) != (b[key] is None):
             who = "student" if a[key] is None else "teacher"
-            problems.append(Problem(
-                "warning", f"Only the {'teacher' if who == 'student' else 'student'}'s tokenizer has a chat template.",
-                "if the data is conversational, give the student the teacher's template (or the reverse).",
-            ))  # fmt: skip
+            problems.append(
+                Problem(
+                    "warning",
+                    f"Only the {'teacher' if who == 'student' else 'student'}'s tokenizer has a chat template.",
+                    "if the data is conversational, give the student the teacher's template (or the reverse).",
+                )
+            )
             continue
         level = "error" if key in _BLOCKING else "warning"
         detail = f" ({a[key]} vs {b[key]})" if key.endswith("_id") or key in ("size", "model") else ""
@@ -190,22 +202,30 @@ def compare_heads(student_rows: int, teacher_rows: int, n_tokens: int) -> tuple[
     """``(shared vocabulary, student ids to suppress in generation, problems)`` for heads of these sizes."""
     shared = min(student_rows, teacher_rows)
     if n_tokens > shared:
-        return shared, [], [Problem(
-            "error",
-            f"Vocabulary mismatch: the tokenizer has {n_tokens} tokens but the student head has {student_rows} rows "
-            f"and the teacher head {teacher_rows}: the models do not share this tokenizer.",
-            "use a teacher from the student's model family (or a cross-tokenizer method).",
-        )]  # fmt: skip
+        return (
+            shared,
+            [],
+            [
+                Problem(
+                    "error",
+                    f"Vocabulary mismatch: the tokenizer has {n_tokens} tokens but the student head has "
+                    f"{student_rows} rows and the teacher head {teacher_rows}: the models do not share this tokenizer.",
+                    "use a teacher from the student's model family (or a cross-tokenizer method).",
+                )
+            ],
+        )
     suppressed = list(range(n_tokens, student_rows)) if student_rows > n_tokens else []
     problems = []
     if student_rows > teacher_rows:
-        problems.append(Problem(
-            "warning",
-            f"The student head has {student_rows} rows, the teacher's {teacher_rows}: ids "
-            f"{n_tokens}..{student_rows - 1} are no token of the tokenizer and are suppressed in the student's "
-            "generation.",
-            "nothing: the divergences compare the shared rows.",
-        ))  # fmt: skip
+        problems.append(
+            Problem(
+                "warning",
+                f"The student head has {student_rows} rows, the teacher's {teacher_rows}: ids "
+                f"{n_tokens}..{student_rows - 1} are no token of the tokenizer and are suppressed in the student's "
+                "generation.",
+                "nothing: the divergences compare the shared rows.",
+            )
+        )
     return shared, suppressed, problems
 
 
@@ -226,12 +246,14 @@ def check_compatibility(student, teacher, tokenizer, teacher_tokenizer=None) -> 
     report.facts["tokenizer size"] = fingerprint["size"]
     report.facts["eos / pad ids"] = f"{fingerprint['eos_token_id']} / {fingerprint['pad_token_id']}"
     if other is None:
-        report.problems.append(Problem(
-            "warning",
-            "The teacher's own tokenizer is unknown (an instance without a tokenizer folder), so only the head sizes "
-            "were compared.",
-            "pass the teacher as a folder holding its tokenizer, or save its tokenizer next to its weights.",
-        ))  # fmt: skip
+        report.problems.append(
+            Problem(
+                "warning",
+                "The teacher's own tokenizer is unknown (an instance without a tokenizer folder), so only the head "
+                "sizes were compared.",
+                "pass the teacher as a folder holding its tokenizer, or save its tokenizer next to its weights.",
+            )
+        )
     else:
         report.facts["teacher tokenizer"] = "same" if not compare_tokenizers(tokenizer, other) else "differs"
         report.problems += compare_tokenizers(tokenizer, other)
@@ -256,12 +278,19 @@ def teacher_nll(teacher, tokenizer, dataset, rows: int = 8, chat_template_kwargs
     for row in rows:
         prompt = row["prompt"]
         if isinstance(prompt, list):
-            text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True,
-                                                 **(chat_template_kwargs or {}))  # fmt: skip
+            text = tokenizer.apply_chat_template(
+                prompt, tokenize=False, add_generation_prompt=True, **(chat_template_kwargs or {})
+            )
             prompts.append(tokenizer(text, add_special_tokens=False)["input_ids"])
         else:
             prompts.append(tokenizer(prompt)["input_ids"])
-        completions.append(completion_token_ids(tokenizer, prompt, row["completion"],
-                                                eos_token_ids=[tokenizer.eos_token_id],
-                                                chat_template_kwargs=chat_template_kwargs))  # fmt: skip
+        completions.append(
+            completion_token_ids(
+                tokenizer,
+                prompt,
+                row["completion"],
+                eos_token_ids=[tokenizer.eos_token_id],
+                chat_template_kwargs=chat_template_kwargs,
+            )
+        )
     return -mean_token_log_prob(teacher, prompts, completions)

@@ -40,8 +40,14 @@ def guards(
 ) -> dict[str, float]:
     """The guards of ``student`` against ``teacher`` on ``prompt_ids``: each model samples one completion per prompt
     (at ``temperature``, no top-k/top-p), then the divergences and the student's EOS rate and distinct-2."""
-    kwargs = dict(pad_token_id=pad_token_id, eos_token_ids=list(eos_token_ids), max_new_tokens=max_new_tokens,
-                  do_sample=True, temperature=temperature, top_k=0)  # fmt: skip
+    kwargs = dict(
+        pad_token_id=pad_token_id,
+        eos_token_ids=list(eos_token_ids),
+        max_new_tokens=max_new_tokens,
+        do_sample=True,
+        temperature=temperature,
+        top_k=0,
+    )
     student_samples = sample(student, prompt_ids, **kwargs)
     teacher_samples = sample(teacher, prompt_ids, **kwargs)
     eos = set(eos_token_ids)

@@ -93,9 +93,12 @@ def completion_token_log_probs(
     """``(N,)`` float32 ``log p(y_t | x, y<t)`` of the N completion tokens under ``model`` (at ``temperature``)."""
     hidden = completion_hidden_states(model, batch)
     return chunked_token_log_probs(
-        hidden, LMHead.of(model), batch.completion_ids[batch.completion_mask], temperature=temperature,
+        hidden,
+        LMHead.of(model),
+        batch.completion_ids[batch.completion_mask],
+        temperature=temperature,
         vocab_size=vocab_size,
-    )  # fmt: skip
+    )
 
 
 def per_row(values: torch.Tensor, batch: PackedBatch) -> list[list[float]]:
@@ -111,8 +114,9 @@ def completion_log_probs(
     device = next(model.parameters()).device
     out: list[list[float]] = []
     for start in range(0, len(prompt_ids), batch_size):
-        batch = pack(prompt_ids[start : start + batch_size], completions[start : start + batch_size], pad_token_id,
-                     device)  # fmt: skip
+        batch = pack(
+            prompt_ids[start : start + batch_size], completions[start : start + batch_size], pad_token_id, device
+        )
         out += per_row(completion_token_log_probs(model, batch), batch)
     return out
 
@@ -143,14 +147,16 @@ def completion_divergences(
     vocab_size = vocab_size or min(student_head.rows, teacher_head.rows)
     out: list[list[float]] = []
     for start in range(0, len(prompt_ids), batch_size):
-        batch = pack(prompt_ids[start : start + batch_size], completion_ids[start : start + batch_size], pad_token_id,
-                     device)  # fmt: skip
+        batch = pack(
+            prompt_ids[start : start + batch_size], completion_ids[start : start + batch_size], pad_token_id, device
+        )
         if not batch.completion_mask.any():
             out += [[] for _ in range(batch.input_ids.shape[0])]
             continue
         h_s = completion_hidden_states(student, batch)
-        teacher_batch = PackedBatch(batch.input_ids.to(teacher_device), batch.attention_mask.to(teacher_device),
-                                    batch.prompt_width)  # fmt: skip
+        teacher_batch = PackedBatch(
+            batch.input_ids.to(teacher_device), batch.attention_mask.to(teacher_device), batch.prompt_width
+        )
         h_t = completion_hidden_states(teacher, teacher_batch).to(device)
         values = chunked_per_token_divergence(
             h_s, h_t, student_head, teacher_head, divergence, beta, temperature, vocab_size=vocab_size
@@ -159,11 +165,31 @@ def completion_divergences(
     return out
 
 
-def mean_divergence(student, teacher, prompt_ids, completion_ids, divergence="fkl", beta=0.5, vocab_size=None,
-                    temperature=1.0, pad_token_id=0, batch_size=32) -> float:  # fmt: skip
+def mean_divergence(
+    student,
+    teacher,
+    prompt_ids,
+    completion_ids,
+    divergence="fkl",
+    beta=0.5,
+    vocab_size=None,
+    temperature=1.0,
+    pad_token_id=0,
+    batch_size=32,
+) -> float:
     """Token-mean divergence between the teacher and the student on the given completions (0 without tokens)."""
-    rows = completion_divergences(student, teacher, prompt_ids, completion_ids, divergence, beta, vocab_size,
-                                  temperature, pad_token_id, batch_size)  # fmt: skip
+    rows = completion_divergences(
+        student,
+        teacher,
+        prompt_ids,
+        completion_ids,
+        divergence,
+        beta,
+        vocab_size,
+        temperature,
+        pad_token_id,
+        batch_size,
+    )
     return sum(map(sum, rows)) / max(sum(map(len, rows)), 1)
 
 
@@ -177,9 +203,12 @@ def sample(model, prompt_ids: list[list[int]], pad_token_id: int, eos_token_ids:
     model.eval()
     try:
         out = model.generate(
-            input_ids=input_ids, attention_mask=attention_mask, pad_token_id=pad_token_id,
-            eos_token_id=eos_token_ids, **generate_kwargs,
-        )  # fmt: skip
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            pad_token_id=pad_token_id,
+            eos_token_id=eos_token_ids,
+            **generate_kwargs,
+        )
     finally:
         model.train(was_training)
     return [cut_after_first_eos(row, eos_token_ids) for row in out[:, input_ids.shape[1] :].tolist()]

@@ -6,10 +6,12 @@ import json
 import os
 import sys
 
+
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
 import torch  # noqa: E402
+
 
 torch.set_num_threads(1)
 
@@ -21,14 +23,30 @@ def main(out: str, global_batch: int = 8, steps: int = 3) -> None:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     tok = char_tokenizer()
     args = GKDConfig(
-        output_dir=os.path.dirname(out), per_device_train_batch_size=global_batch // world, max_steps=steps,
-        max_completion_length=6, learning_rate=1e-3, lmbda_schedule="linear", lmbda_start=0.0, lmbda_end=1.0, bf16=False, use_cpu=True, report_to=[],
-        logging_steps=1, save_strategy="no", gradient_checkpointing=False, seed=0, disable_tqdm=True,
-    )  # fmt: skip
+        output_dir=os.path.dirname(out),
+        per_device_train_batch_size=global_batch // world,
+        max_steps=steps,
+        max_completion_length=6,
+        learning_rate=1e-3,
+        lmbda_schedule="linear",
+        lmbda_start=0.0,
+        lmbda_end=1.0,
+        bf16=False,
+        use_cpu=True,
+        report_to=[],
+        logging_steps=1,
+        save_strategy="no",
+        gradient_checkpointing=False,
+        seed=0,
+        disable_tqdm=True,
+    )
     trainer = GKDTrainer(
-        model=tiny_llama(len(tok), tokenizer=tok, seed=1), teacher_model=tiny_llama(len(tok), tokenizer=tok, seed=2),
-        args=args, train_dataset=addition_dataset(), processing_class=tok,
-    )  # fmt: skip
+        model=tiny_llama(len(tok), tokenizer=tok, seed=1),
+        teacher_model=tiny_llama(len(tok), tokenizer=tok, seed=2),
+        args=args,
+        train_dataset=addition_dataset(),
+        processing_class=tok,
+    )
     flags = []
     original = trainer._generate_and_score_completions
 
@@ -51,8 +69,13 @@ def main(out: str, global_batch: int = 8, steps: int = 3) -> None:
     if trainer.accelerator.is_main_process:
         weights = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
         losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
-        record = {"world": world, "flags": flags, "losses": losses, "weights": weights.double().sum().item(),
-                  "weights_abs": weights.double().abs().sum().item()}  # fmt: skip
+        record = {
+            "world": world,
+            "flags": flags,
+            "losses": losses,
+            "weights": weights.double().sum().item(),
+            "weights_abs": weights.double().abs().sum().item(),
+        }
         with open(out, "w") as f:
             json.dump(record, f)
 

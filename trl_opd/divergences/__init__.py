@@ -32,13 +32,20 @@ from .registry import DIVERGENCES, REGISTRY, Divergence, check_divergence, loss_
 
 _LAZY = {
     **dict.fromkeys(
-        ("divergence_from_log_probs", "entropy_from_logits", "forward_kl", "generalized_jsd", "per_token_divergence",
-         "reverse_kl", "total_variation"),
+        (
+            "divergence_from_log_probs",
+            "entropy_from_logits",
+            "forward_kl",
+            "generalized_jsd",
+            "per_token_divergence",
+            "reverse_kl",
+            "total_variation",
+        ),
         ".dense",
     ),
     **dict.fromkeys(("LMHead", "head_transform", "make_logit_transform"), ".heads"),
     **dict.fromkeys(("chunked_divergence_loss", "chunked_per_token_divergence", "chunked_token_log_probs"), ".engine"),
-}  # fmt: skip
+}
 
 
 def __getattr__(name):

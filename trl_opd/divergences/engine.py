@@ -291,8 +291,18 @@ def chunked_per_token_divergence(
         entropies and the ``(N,)`` teacher entropies, in that order.
     """
     student, teacher = _heads(student_weight, teacher_weight, head_kwargs)
-    spec = _make_spec(student_hidden, teacher_hidden, student, teacher, divergence, beta, temperature, vocab_size,
-                      chunk_size, return_teacher_entropy)  # fmt: skip
+    spec = _make_spec(
+        student_hidden,
+        teacher_hidden,
+        student,
+        teacher,
+        divergence,
+        beta,
+        temperature,
+        vocab_size,
+        chunk_size,
+        return_teacher_entropy,
+    )
     teacher = teacher.detached()
     values, entropy, teacher_entropy = _ChunkedDivergence.apply(
         student_hidden, student.weight, student.bias, teacher_hidden.detach(), teacher.weight, teacher.bias, spec
@@ -330,8 +340,9 @@ def chunked_divergence_loss(
         and student entropies (detached), e.g. for logging or a curriculum.
     """
     student, teacher = _heads(student_weight, teacher_weight, head_kwargs)
-    spec = _make_spec(student_hidden, teacher_hidden, student, teacher, divergence, beta, temperature, vocab_size,
-                      chunk_size, False)  # fmt: skip
+    spec = _make_spec(
+        student_hidden, teacher_hidden, student, teacher, divergence, beta, temperature, vocab_size, chunk_size, False
+    )
     if token_weights is None:
         token_weights = torch.ones(student_hidden.shape[0], device=student_hidden.device)
     normalizer = normalizer.to(student_hidden.device).float() if torch.is_tensor(normalizer) else float(normalizer)

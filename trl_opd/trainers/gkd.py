@@ -178,9 +178,14 @@ class GKDTrainer(
     def _run_teacher_backbone(self, unwrapped_teacher, input_ids, attention_mask, logits_to_keep):
         # Through the teacher's own wrapper, so FSDP/DeepSpeed materialize its sharded parameters (as TRL does).
         return self._forward_redirection(
-            self.teacher_model, unwrapped_teacher, self._get_last_hidden_state, unwrapped_teacher, input_ids,
-            attention_mask, logits_to_keep,
-        )  # fmt: skip
+            self.teacher_model,
+            unwrapped_teacher,
+            self._get_last_hidden_state,
+            unwrapped_teacher,
+            input_ids,
+            attention_mask,
+            logits_to_keep,
+        )
 
     # ------------------------------------------------------------------------------------------------------------------
     # Sampling mixture
@@ -327,9 +332,12 @@ class GKDTrainer(
         """Token ids of a dataset completion, as the model would have generated them after ``prompt_ids``
         (:func:`trl_opd.data.completion_token_ids`), cut to ``max_completion_length``."""
         ids = completion_token_ids(
-            self._tokenizer, prompt, completion, eos_token_ids=self.eos_token_ids,
+            self._tokenizer,
+            prompt,
+            completion,
+            eos_token_ids=self.eos_token_ids,
             chat_template_kwargs=self.chat_template_kwargs,
-        )  # fmt: skip
+        )
         return ids if self.max_completion_length is None else ids[: self.max_completion_length]
 
     @torch.no_grad()

@@ -248,9 +248,16 @@ class MiniLLMTrainer(
         t_lp, t_hidden = self.teacher.token_log_probs(ids, attention_mask, k, mask, self.temperature)
         with torch.no_grad():
             rkl, s_entropy, t_entropy = chunked_per_token_divergence(
-                s_hidden, t_hidden, self.student_head, self.teacher.head, "rkl", temperature=self.temperature,
-                vocab_size=self.vocab_size, return_entropy=True, return_teacher_entropy=True,
-            )  # fmt: skip
+                s_hidden,
+                t_hidden,
+                self.student_head,
+                self.teacher.head,
+                "rkl",
+                temperature=self.temperature,
+                vocab_size=self.vocab_size,
+                return_entropy=True,
+                return_teacher_entropy=True,
+            )
         ref_lp = None
         if args.extrapolation_lambda != 1.0:
             ref_lp = self._reference_log_probs(ids, attention_mask, k, mask)
@@ -369,9 +376,14 @@ class MiniLLMTrainer(
         s_hidden = last_hidden_states(student, ids, attention_mask, k)[mask]
         t_hidden = self.teacher.hidden_states(ids, attention_mask, k)[mask]
         rkl = chunked_per_token_divergence(
-            s_hidden, t_hidden, LMHead.of(student), self.teacher.head, "rkl", temperature=self.temperature,
+            s_hidden,
+            t_hidden,
+            LMHead.of(student),
+            self.teacher.head,
+            "rkl",
+            temperature=self.temperature,
             vocab_size=self.vocab_size,
-        )  # fmt: skip
+        )
         mode = "train" if self.model.training else "eval"
         accumulation = self.current_gradient_accumulation_steps if mode == "train" else 1.0
         single_step = rkl.sum() / max(int(mask.sum()), 1) / accumulation

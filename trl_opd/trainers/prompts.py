@@ -76,6 +76,7 @@ class PromptLengthMixin:
         mode = "train" if self.model.training else "eval"
         self._metrics[mode]["prompts/truncated"].append(float(truncated))
         if truncated:
-            logger.info("Left-truncated %d of %d prompts to %d tokens (max_prompt_length).", truncated,
-                        len(prompt_ids), cap)  # fmt: skip
+            logger.info(
+                "Left-truncated %d of %d prompts to %d tokens (max_prompt_length).", truncated, len(prompt_ids), cap
+            )
         return [ids[-cap:] if len(ids) > cap else ids for ids in prompt_ids]
