@@ -221,7 +221,7 @@ def test_config_and_input_errors(tmp_path, tok, dataset, teacher):
     ]:
         with pytest.raises(ValueError, match=match):
             config(tmp_path, **bad)
-    with pytest.raises(ValueError, match="expected a `prompt` column"):
+    with pytest.raises(ValueError, match="expected `prompt` \\(or `messages`\\)"):
         MiniLLMTrainer(
             model=tiny_llama(len(tok), tokenizer=tok),
             teacher_model=teacher,

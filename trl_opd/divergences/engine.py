@@ -21,46 +21,50 @@ from typing import NamedTuple
 import torch
 
 from ..tiling import default_chunk_rows
+from . import topk
 from .heads import LMHead, make_logit_transform, transformed_logits
 from .ops import check_temperature, log_softmax_, rowdot, safe_log_softmax
 from .registry import Divergence, resolve
+from .topk import TopKTargets
 
 
 class _ChunkedDivergence(torch.autograd.Function):
-    """Per-token divergence from hidden states, computed ``chunk`` rows at a time; backward recomputes per chunk."""
+    """Per-token divergence from hidden states, computed ``chunk`` rows at a time; backward recomputes per chunk.
+
+    The teacher side lives on ``spec`` (no gradient flows to it)."""
 
     @staticmethod
-    def forward(ctx, h_s, w_s, b_s, h_t, w_t, b_t, spec):
+    def forward(ctx, h_s, w_s, b_s, spec):
         n = h_s.shape[0]
         out = torch.empty(n, device=h_s.device, dtype=torch.float32)
         entropy = torch.empty(n, device=h_s.device, dtype=torch.float32)
         teacher_entropy = torch.empty(n if spec.teacher_entropy else 0, device=h_s.device, dtype=torch.float32)
         for start in range(0, n, spec.chunk):
-            rows = slice(start, min(start + spec.chunk, n))
-            chunk = spec.evaluate(h_s[rows], w_s, b_s, h_t[rows], w_t, b_t)
-            out[rows], entropy[rows] = chunk.values, chunk.entropy
+            idx = torch.arange(start, min(start + spec.chunk, n), device=h_s.device)
+            chunk = spec.evaluate(idx, h_s[idx], w_s, b_s)
+            out[idx], entropy[idx] = chunk.values, chunk.entropy
             if spec.teacher_entropy:
-                teacher_entropy[rows] = chunk.teacher_entropy
-        ctx.save_for_backward(h_s, w_s, b_s, h_t, w_t, b_t)
+                teacher_entropy[idx] = chunk.teacher_entropy
+        ctx.save_for_backward(h_s, w_s, b_s)
         ctx.spec = spec
         ctx.mark_non_differentiable(entropy, teacher_entropy)
         return out, entropy, teacher_entropy
 
     @staticmethod
     def backward(ctx, grad_out, _grad_entropy, _grad_teacher_entropy):
-        h_s, w_s, b_s, h_t, w_t, b_t = ctx.saved_tensors
+        h_s, w_s, b_s = ctx.saved_tensors
         needs = ctx.needs_input_grad[:3]
         if grad_out is None or not any(needs):
-            return None, None, None, None, None, None, None
+            return None, None, None, None
         grads = _GradientAccumulator(h_s, w_s, b_s, needs, ctx.spec.vocab_size)
         # Only rows with a non-zero upstream gradient are recomputed (hard token selection saves the backward there).
         active = grad_out.nonzero().squeeze(-1)
         for start in range(0, active.numel(), ctx.spec.chunk):
             idx = active[start : start + ctx.spec.chunk]
-            chunk = ctx.spec.evaluate(h_s[idx], w_s, b_s, h_t[idx], w_t, b_t, upstream=grad_out[idx].float())
+            chunk = ctx.spec.evaluate(idx, h_s[idx], w_s, b_s, upstream=grad_out[idx].float())
             grads.add_chunk(idx, chunk.logit_grad)
             del chunk  # free this chunk's tiles before the next one is projected
-        return (*grads.result(), None, None, None, None)
+        return (*grads.result(), None)
 
 
 class _GradientAccumulator:
@@ -114,7 +118,7 @@ class _FusedChunkedDivergenceLoss(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, h_s, w_s, b_s, h_t, w_t, b_t, weights, normalizer, spec):
+    def forward(ctx, h_s, w_s, b_s, weights, normalizer, spec):
         n = h_s.shape[0]
         needs = (h_s.requires_grad, w_s.requires_grad, b_s is not None and b_s.requires_grad)
         grads = _GradientAccumulator(h_s, w_s, b_s, needs, spec.vocab_size)
@@ -123,7 +127,7 @@ class _FusedChunkedDivergenceLoss(torch.autograd.Function):
         scale = weights.float() / normalizer
         for start in range(0, n, spec.chunk):
             idx = torch.arange(start, min(start + spec.chunk, n), device=h_s.device)
-            chunk = spec.evaluate(h_s[idx], w_s, b_s, h_t[idx], w_t, b_t, upstream=scale[idx] if any(needs) else None)
+            chunk = spec.evaluate(idx, h_s[idx], w_s, b_s, upstream=scale[idx] if any(needs) else None)
             values[idx], entropy[idx] = chunk.values, chunk.entropy
             if any(needs):
                 grads.add_chunk(idx, chunk.logit_grad)
@@ -135,7 +139,7 @@ class _FusedChunkedDivergenceLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss, _grad_values, _grad_entropy):
         grads = ctx.grads.result(grad_loss.float())
-        return (*grads, None, None, None, None, None, None)
+        return (*grads, None, None, None)
 
 
 class _ChunkResult(NamedTuple):
@@ -145,43 +149,68 @@ class _ChunkResult(NamedTuple):
     logit_grad: torch.Tensor | None  # (rows, V) upstream · ∂D/∂z_student when an upstream gradient was given
 
 
+class _HiddenTeacher:
+    """The teacher given by its hidden states and head: per chunk a ``(rows, V)`` log-probability tile, or, with
+    ``top_k``, that tile reduced at once to its :class:`~.topk.TopKTargets` (the tile is freed before the student's)."""
+
+    def __init__(self, hidden: torch.Tensor, head: LMHead, vocab_size: int, temperature: float, top_k: int | None):
+        self.hidden, self.head, self.vocab_size, self.temperature, self.top_k = (
+            hidden,
+            head,
+            vocab_size,
+            temperature,
+            top_k,
+        )
+
+    def chunk(self, idx: torch.Tensor) -> torch.Tensor | TopKTargets:
+        tile = log_softmax_(transformed_logits(self.hidden[idx], self.head, self.vocab_size)[0], self.temperature)
+        return tile if self.top_k is None else TopKTargets.from_log_probs(tile, self.top_k)
+
+
+class _TargetsTeacher:
+    """The teacher given by precomputed top-k targets (an offline cache, a teacher server)."""
+
+    def __init__(self, targets: TopKTargets):
+        self.targets = targets
+
+    def chunk(self, idx: torch.Tensor) -> TopKTargets:
+        return self.targets.select(idx.to(self.targets.ids.device)).to(idx.device)
+
+
 class _ChunkSpec:
-    """What the chunked functions need besides tensors, and the per-chunk evaluation: the values and the analytic
-    gradient with respect to the student's raw logits ``z``."""
+    """What the chunked functions need besides the student's tensors (divergence, temperature, head transform,
+    sizes, the teacher side), and the per-chunk evaluation: the values and the analytic gradient with respect to the
+    student's raw logits ``z``."""
 
     def __init__(
-        self,
-        divergence: Divergence,
-        beta,
-        temperature,
-        chunk,
-        vocab_size,
-        student_transform,
-        teacher_transform,
-        teacher_entropy,
+        self, divergence: Divergence, beta, temperature, chunk, vocab_size, student_transform, teacher, teacher_entropy
     ):
         self.divergence, self.beta, self.temperature, self.chunk = divergence, beta, temperature, chunk
         self.vocab_size = vocab_size
-        self.student_transform, self.teacher_transform = student_transform, teacher_transform  # (scale, softcap)
+        self.student_transform = student_transform  # (scale, softcap)
+        self.teacher = teacher  # _HiddenTeacher or _TargetsTeacher
         self.teacher_entropy = teacher_entropy
 
-    def evaluate(self, h_s, w_s, b_s, h_t, w_t, b_t, upstream: torch.Tensor | None = None) -> _ChunkResult:
-        """Divergences and student entropies of one chunk of rows; with ``upstream`` (rows,), also
+    def evaluate(self, idx, h_s, w_s, b_s, upstream: torch.Tensor | None = None) -> _ChunkResult:
+        """Divergences and student entropies of the chunk of rows ``idx``; with ``upstream`` (rows,), also
         ``upstream · ∂D/∂z_S`` for the student's raw logits z_S."""
         with torch.no_grad():
-            teacher_head = LMHead(w_t, b_t, *self.teacher_transform)
-            log_p_t = log_softmax_(transformed_logits(h_t, teacher_head, self.vocab_size)[0], self.temperature)
+            target = self.teacher.chunk(idx)
             student_head = LMHead(w_s.detach(), b_s, *self.student_transform)
             log_p_s, dudz = transformed_logits(h_s.detach(), student_head, self.vocab_size)
             log_p_s = log_softmax_(log_p_s, self.temperature)
             p_s = log_p_s.exp()
             entropy = -rowdot(p_s, log_p_s)
             teacher_entropy = None
-            if self.teacher_entropy:
-                p_t = log_p_t.exp()
-                teacher_entropy = -rowdot(p_t, log_p_t)
-                del p_t
-            values, grad = self.divergence.value_and_gradient(log_p_s, p_s, log_p_t, self.beta)
+            if isinstance(target, TopKTargets):
+                del p_s
+                values, grad, teacher_entropy = topk.value_and_gradient(self.divergence, log_p_s, target, self.beta)
+            else:
+                if self.teacher_entropy:
+                    p_t = target.exp()
+                    teacher_entropy = -rowdot(p_t, target)
+                    del p_t
+                values, grad = self.divergence.value_and_gradient(log_p_s, p_s, target, self.beta)
             if upstream is None:
                 return _ChunkResult(values, entropy, teacher_entropy, None)
             grad.mul_((upstream / self.temperature).unsqueeze(-1))
@@ -209,49 +238,67 @@ def _as_head(weight, role: str, head_kwargs: dict) -> LMHead:
 
 def _make_spec(
     student_hidden,
-    teacher_hidden,
     student: LMHead,
-    teacher: LMHead,
+    teacher_hidden,
+    teacher_weight,
+    head_kwargs: dict,
     divergence,
     beta,
     temperature,
     vocab_size,
     chunk_size,
+    teacher_top_k,
     return_teacher_entropy,
 ) -> _ChunkSpec:
-    """Validate the arguments of the chunked functions (errors name the fix) and build their :class:`_ChunkSpec`."""
+    """Validate the arguments of the chunked functions (errors name the fix) and build their :class:`_ChunkSpec`.
+
+    The teacher is ``teacher_hidden`` ``(N, H_t)`` with its head ``teacher_weight`` (a weight or an
+    :class:`LMHead`), or precomputed :class:`~.topk.TopKTargets` (then ``teacher_weight`` is ``None``)."""
     record = resolve(divergence, beta)
     check_temperature(temperature)
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive number of rows, got {chunk_size}.")
-    if student_hidden.shape[0] != teacher_hidden.shape[0]:
+    if teacher_top_k is not None and teacher_top_k < 1:
         raise ValueError(
-            f"Student and teacher hidden states have {student_hidden.shape[0]} and {teacher_hidden.shape[0]} rows; "
+            f"teacher_top_k must be a positive number of tokens or None (full vocabulary), got {teacher_top_k}."
+        )
+    n_teacher = len(teacher_hidden) if isinstance(teacher_hidden, TopKTargets) else teacher_hidden.shape[0]
+    if student_hidden.shape[0] != n_teacher:
+        raise ValueError(
+            f"Student and teacher hidden states have {student_hidden.shape[0]} and {n_teacher} rows; "
             "they must be the same token positions."
         )
-    if vocab_size is None:
-        if student.rows != teacher.rows:
+    if isinstance(teacher_hidden, TopKTargets):
+        if teacher_weight is not None:
+            raise ValueError("Pass either teacher hidden states with their head, or TopKTargets (and no teacher head).")
+        vocab_size = vocab_size or student.rows
+        if not 0 < vocab_size <= student.rows:
+            raise ValueError(f"vocab_size={vocab_size} must be in [1, {student.rows}] (the student head's rows).")
+        teacher = _TargetsTeacher(teacher_hidden)
+    else:
+        head = _as_head(teacher_weight, "teacher", head_kwargs).detached()
+        if vocab_size is None:
+            if student.rows != head.rows:
+                raise ValueError(
+                    f"The student head has {student.rows} rows and the teacher head {head.rows}. "
+                    "Pass vocab_size=len(tokenizer) to compare the shared vocabulary."
+                )
+            vocab_size = student.rows
+        if not 0 < vocab_size <= min(student.rows, head.rows):
             raise ValueError(
-                f"The student head has {student.rows} rows and the teacher head {teacher.rows}. "
-                "Pass vocab_size=len(tokenizer) to compare the shared vocabulary."
+                f"vocab_size={vocab_size} must be in [1, rows of the smaller head]; the heads have "
+                f"{student.rows} and {head.rows} rows."
             )
-        vocab_size = student.rows
-    if not 0 < vocab_size <= min(student.rows, teacher.rows):
-        raise ValueError(
-            f"vocab_size={vocab_size} must be in [1, rows of the smaller head]; the heads have "
-            f"{student.rows} and {teacher.rows} rows."
-        )
+        teacher = _HiddenTeacher(teacher_hidden.detach(), head, vocab_size, temperature, teacher_top_k)
     chunk = chunk_size if chunk_size is not None else default_chunk_rows(vocab_size)
-    return _ChunkSpec(
-        record, beta, temperature, chunk, vocab_size, student.transform, teacher.transform, return_teacher_entropy
-    )
+    return _ChunkSpec(record, beta, temperature, chunk, vocab_size, student.transform, teacher, return_teacher_entropy)
 
 
 def chunked_per_token_divergence(
     student_hidden: torch.Tensor,
-    teacher_hidden: torch.Tensor,
+    teacher_hidden: torch.Tensor | TopKTargets,
     student_weight: torch.Tensor | LMHead,
-    teacher_weight: torch.Tensor | LMHead,
+    teacher_weight: torch.Tensor | LMHead | None,
     divergence: str = "jsd",
     beta: float = 0.5,
     temperature: float = 1.0,
@@ -259,6 +306,7 @@ def chunked_per_token_divergence(
     token_weights: torch.Tensor | None = None,
     vocab_size: int | None = None,
     chunk_size: int | None = None,
+    teacher_top_k: int | None = None,
     return_entropy: bool = False,
     return_teacher_entropy: bool = False,
     **head_kwargs,
@@ -271,7 +319,8 @@ def chunked_per_token_divergence(
 
     Args:
         student_hidden: ``(N, H_s)`` student hidden states (the input of its ``lm_head``).
-        teacher_hidden: ``(N, H_t)`` teacher hidden states at the same positions (H_t may differ from H_s).
+        teacher_hidden: ``(N, H_t)`` teacher hidden states at the same positions (H_t may differ from H_s), or the
+            teacher's precomputed :class:`~trl_opd.divergences.topk.TopKTargets` (then ``teacher_weight=None``).
         student_weight: the student's :class:`LMHead`, or its ``(V_s, H_s)`` ``lm_head`` weight.
         teacher_weight: the teacher's :class:`LMHead`, or its ``(V_t, H_t)`` weight.
         divergence, beta, temperature: as in :func:`per_token_divergence`.
@@ -281,8 +330,11 @@ def chunked_per_token_divergence(
             e.g. Qwen2.5-7B's 152064 rows against 151936). Defaults to the common size, which must then be equal.
         chunk_size: rows per chunk; defaults to ``max(48, 2**22 // V)`` (a 16 MiB float32 tile, see
             :mod:`trl_opd.tiling`).
+        teacher_top_k: compute the divergence on the teacher's top-k tokens and one tail bin
+            (:mod:`trl_opd.divergences.topk`); ``None`` is the exact full-vocabulary path.
         return_entropy: also return the student's per-token entropy (no gradient).
-        return_teacher_entropy: also return the teacher's per-token entropy (no gradient), after the student's.
+        return_teacher_entropy: also return the teacher's per-token entropy (no gradient; with top-k, that of its
+            k + 1 bins), after the student's.
         **head_kwargs: with weight tensors, ``student_bias``, ``teacher_bias``, ``student_logit_scale``,
             ``teacher_logit_scale``, ``student_softcap``, ``teacher_softcap`` (the fields of an :class:`LMHead`).
 
@@ -290,23 +342,23 @@ def chunked_per_token_divergence(
         ``(N,)`` float32 divergences (weighted when ``token_weights`` is given), then, when asked, the ``(N,)`` student
         entropies and the ``(N,)`` teacher entropies, in that order.
     """
-    student, teacher = _heads(student_weight, teacher_weight, head_kwargs)
+    _check_head_kwargs(head_kwargs)
+    student = _as_head(student_weight, "student", head_kwargs)
     spec = _make_spec(
         student_hidden,
-        teacher_hidden,
         student,
-        teacher,
+        teacher_hidden,
+        teacher_weight,
+        head_kwargs,
         divergence,
         beta,
         temperature,
         vocab_size,
         chunk_size,
+        teacher_top_k,
         return_teacher_entropy,
     )
-    teacher = teacher.detached()
-    values, entropy, teacher_entropy = _ChunkedDivergence.apply(
-        student_hidden, student.weight, student.bias, teacher_hidden.detach(), teacher.weight, teacher.bias, spec
-    )
+    values, entropy, teacher_entropy = _ChunkedDivergence.apply(student_hidden, student.weight, student.bias, spec)
     if token_weights is not None:
         values = values * token_weights.to(values.dtype)
     extras = (entropy,) * return_entropy + (teacher_entropy,) * return_teacher_entropy
@@ -315,9 +367,9 @@ def chunked_per_token_divergence(
 
 def chunked_divergence_loss(
     student_hidden: torch.Tensor,
-    teacher_hidden: torch.Tensor,
+    teacher_hidden: torch.Tensor | TopKTargets,
     student_weight: torch.Tensor | LMHead,
-    teacher_weight: torch.Tensor | LMHead,
+    teacher_weight: torch.Tensor | LMHead | None,
     divergence: str = "jsd",
     beta: float = 0.5,
     temperature: float = 1.0,
@@ -326,45 +378,48 @@ def chunked_divergence_loss(
     normalizer: float | torch.Tensor = 1.0,
     vocab_size: int | None = None,
     chunk_size: int | None = None,
+    teacher_top_k: int | None = None,
     **head_kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The loss ``Σ_n w_n · D_n / normalizer`` in one pass: its gradient is computed chunk by chunk in the forward pass.
 
     Same value and gradients as ``(chunked_per_token_divergence(...) * token_weights).sum() / normalizer``, but each
     chunk of logits is projected once (the per-token function projects it again in its backward pass). Use it when the
-    weights are known before the forward pass (without token-importance weighting, or with fixed weights). Heads and
-    the other arguments as in :func:`chunked_per_token_divergence`.
+    weights are known before the forward pass (without token-importance weighting, or with fixed weights). Heads, the
+    teacher side and the other arguments as in :func:`chunked_per_token_divergence`.
 
     Returns:
         ``(loss, values, student_entropy)``: the scalar loss (differentiable), and the ``(N,)`` per-token divergences
         and student entropies (detached), e.g. for logging or a curriculum.
     """
-    student, teacher = _heads(student_weight, teacher_weight, head_kwargs)
+    _check_head_kwargs(head_kwargs)
+    student = _as_head(student_weight, "student", head_kwargs)
     spec = _make_spec(
-        student_hidden, teacher_hidden, student, teacher, divergence, beta, temperature, vocab_size, chunk_size, False
+        student_hidden,
+        student,
+        teacher_hidden,
+        teacher_weight,
+        head_kwargs,
+        divergence,
+        beta,
+        temperature,
+        vocab_size,
+        chunk_size,
+        teacher_top_k,
+        False,
     )
     if token_weights is None:
         token_weights = torch.ones(student_hidden.shape[0], device=student_hidden.device)
     normalizer = normalizer.to(student_hidden.device).float() if torch.is_tensor(normalizer) else float(normalizer)
-    teacher = teacher.detached()
     return _FusedChunkedDivergenceLoss.apply(
-        student_hidden,
-        student.weight,
-        student.bias,
-        teacher_hidden.detach(),
-        teacher.weight,
-        teacher.bias,
-        token_weights.detach(),
-        normalizer,
-        spec,
+        student_hidden, student.weight, student.bias, token_weights.detach(), normalizer, spec
     )
 
 
-def _heads(student_weight, teacher_weight, head_kwargs: dict) -> tuple[LMHead, LMHead]:
+def _check_head_kwargs(head_kwargs: dict) -> None:
     unknown = set(head_kwargs) - {f"{role}_{k}" for role in ("student", "teacher") for k in _HEAD_KWARGS}
     if unknown:
         raise TypeError(f"Unexpected keyword arguments {sorted(unknown)}.")
-    return _as_head(student_weight, "student", head_kwargs), _as_head(teacher_weight, "teacher", head_kwargs)
 
 
 @torch.no_grad()
