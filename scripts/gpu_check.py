@@ -15,9 +15,9 @@ disk: use 7B or 14B teachers here. The tokenizer is a character-level one with a
 Then :class:`trl_opd.GKDTrainer` runs ``--steps`` optimizer steps, purely on-policy (λ = 1), LoRA on all linear layers,
 gradient checkpointing, each step generating ``batch × accumulation`` completions of exactly ``--completion-length``
 tokens (``min_new_tokens``) with HF generate. Peak memory is measured per phase (``torch.cuda.max_memory_allocated``
-after ``reset_peak_memory_stats``; on a CPU, :class:`trl_opd.memory.LiveTensorMeter`) and printed beside the planner's
-prediction for the same settings, with tokens per second. Expect 4-7 minutes on one H100/H200 with the defaults
-(most of it generation: 2 × 1536 sequential decoding steps of a 4-bit 7B model).
+after ``reset_peak_memory_stats``; on a CPU, :class:`trl_opd.measurement.LiveTensorMeter`) and printed beside the
+planner's prediction for the same settings, with tokens per second. Expect 4-7 minutes on one H100/H200 with the
+defaults (most of it generation: 2 × 1536 sequential decoding steps of a 4-bit 7B model).
 """
 
 from __future__ import annotations
@@ -40,16 +40,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
+from trl_opd.measurement import LiveTensorMeter, storage_bytes  # noqa: E402
 from trl_opd.memory import (  # noqa: E402
     ALLOCATOR_OVERHEAD,
     CUDA_CONTEXT_BYTES,
     GIB,
-    LiveTensorMeter,
     ModelShape,
     TrainingPlan,
     config_dir,
     predict,
-    storage_bytes,
 )
 
 

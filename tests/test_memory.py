@@ -11,10 +11,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 import textwrap
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import pytest
@@ -524,6 +526,104 @@ def test_table_lists_every_part_and_gpu():
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# Teacher placement: the offline teacher cache and the top-k + tail loss
+# ----------------------------------------------------------------------------------------------------------------------
+
+PLACEMENT_PLAN = dict(student_quant="fp32", teacher_quant="fp32", per_device_batch_size=2, prompt_length=20,
+                      completion_length=100, loss_chunk_rows=50)  # fmt: skip
+
+
+def _placement_shapes():
+    student = ModelShape(name="s", model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, vocab_size=1000)  # fmt: skip
+    return student, replace(student, name="t", hidden_size=96, intermediate_size=192, num_attention_heads=6)
+
+
+def test_teacher_cache_bytes_per_token():
+    # per kept token an int32 id and a float32 log-probability, plus one float32 tail log-mass
+    assert memory.teacher_cache_bytes_per_token(1) == 4 + 4 + 4 == 12
+    assert memory.teacher_cache_bytes_per_token(64) == 64 * 4 + 64 * 4 + 4 == 516
+
+
+def test_top_k_loss_chunk_bytes_by_hand():
+    student, teacher = _placement_shapes()
+    # N = 2 × 100 completion tokens, 50-row tiles over V = 1000: one tile is 50 × 1000 × 4 = 200 000 bytes.
+    # Per token: student hidden 64 × (4 + 4 + 4) + 3 float32 = 780; a live teacher adds 96 × 4 = 384 gathered, plus
+    # its output hidden states 2 × 120 × 96 × 4 = 92 160.
+    full = loss_chunk_bytes(student, teacher, TrainingPlan(**PLACEMENT_PLAN))
+    assert full == 5 * 200_000 + 200 * (780 + 384) + 92_160 == 1_324_960  # JSD: 5 tiles
+    # top-8 + tail: 2 student tiles, and per row 5 float32 (k + 1)-vectors and k int64 ids: 50 × (5·4·9 + 8·8)
+    live_top8 = loss_chunk_bytes(student, teacher, TrainingPlan(**PLACEMENT_PLAN, teacher_top_k=8))
+    assert live_top8 == 2 * 200_000 + 50 * (180 + 64) + 200 * (780 + 384) + 92_160 == 737_160
+    cached = TrainingPlan(**PLACEMENT_PLAN, teacher_source="cache", teacher_top_k=8)
+    assert loss_chunk_bytes(student, teacher, cached) == 2 * 200_000 + 50 * (180 + 64) + 200 * 780 == 568_200
+    assert memory.TOPK_STUDENT_TILES == 2 and memory.TOPK_BIN_TENSORS == 5
+
+
+def test_cache_stage_has_no_teacher_and_no_generation():
+    student, teacher = _placement_shapes()
+    live = predict(student, teacher, TrainingPlan(**PLACEMENT_PLAN))
+    cached = predict(student, teacher, TrainingPlan(**PLACEMENT_PLAN, teacher_source="cache", teacher_top_k=8))
+    for part in ("teacher_weights", "teacher_forward", "kv_cache", "generation_workspace"):
+        assert live.parts[part] > 0 and cached.parts[part] == 0, part
+    assert cached.parts["teacher_cache_read"] == 2 * 100 * (8 * 8 + 4) == 13_600
+    assert "teacher_cache_read" not in live.parts
+    for part in ("student_weights", "adapters", "optimizer_states", "gradients", "activations", "backward_workspace"):
+        assert cached.parts[part] == live.parts[part], part
+    assert cached.peak_phase() == "training"
+    one_at_a_time = max(cached.parts[p] for p in ("teacher_forward", "loss_chunks", "backward_workspace"))
+    persistent = cached.parts["student_weights"] + cached.parts["adapters"] + cached.parts["optimizer_states"]
+    expected = persistent + cached.parts["gradients"] + cached.parts["activations"] + one_at_a_time + 13_600
+    assert cached.phase_bytes("training") == pytest.approx(expected, rel=1e-12)
+
+
+def test_mixed_stage_keeps_the_live_teacher_and_reads_the_cache():
+    student, teacher = _placement_shapes()
+    live = predict(student, teacher, TrainingPlan(**PLACEMENT_PLAN))
+    mixed = predict(student, teacher, TrainingPlan(**PLACEMENT_PLAN, teacher_source="cache+live", teacher_top_k=8))
+    for part in ("teacher_weights", "teacher_forward", "kv_cache", "generation_workspace"):
+        assert mixed.parts[part] == live.parts[part], part
+    assert mixed.parts["teacher_cache_read"] == 13_600 and mixed.parts["loss_chunks"] == 737_160
+    assert "teacher_cache_read" in mixed.phase_parts["training"]
+
+
+def test_cached_warm_up_saves_the_teacher_on_a_7b_recipe():
+    student, teacher, plan = recipe("7b-nf4-14b-bf16")
+    live = predict(student, teacher, plan)
+    cached = predict(student, teacher, replace(plan, teacher_source="cache", teacher_top_k=64))
+    # the backward workspace is the largest one-at-a-time part of both: the training phases differ by the teacher's
+    # weights less the cache read
+    saved = live.phase_bytes("training") - cached.phase_bytes("training")
+    assert saved == pytest.approx(live.parts["teacher_weights"] - cached.parts["teacher_cache_read"], rel=1e-12)
+    assert cached.fits(24) and not live.fits(24) and cached.cheapest_fix(24) is None
+
+
+def test_teacher_placement_is_validated():
+    with pytest.raises(ValueError, match="set teacher_top_k"):
+        TrainingPlan(teacher_source="cache")
+    with pytest.raises(ValueError, match="set teacher_top_k"):
+        TrainingPlan(teacher_source="cache+live")
+    with pytest.raises(ValueError, match="teacher_source must be one of live, cache, cache\\+live"):
+        TrainingPlan(teacher_source="server")
+    for bad in (0, -3, True, 2.5):
+        with pytest.raises(ValueError, match="teacher_top_k must be a positive integer"):
+            TrainingPlan(teacher_top_k=bad)
+    student, teacher = _placement_shapes()
+    with pytest.raises(ValueError, match="exceeds the shared vocabulary of 1000"):
+        predict(student, teacher, TrainingPlan(teacher_top_k=1001))
+    assert predict(student, teacher, TrainingPlan(teacher_top_k=1000)).parts["loss_chunks"] > 0
+
+
+def test_table_shows_the_teacher_placement():
+    student, teacher, plan = recipe("7b-nf4-14b-bf16")
+    text = predict(student, teacher, replace(plan, teacher_source="cache", teacher_top_k=64)).table()
+    assert "teacher cache read" in text and "not on this GPU (targets from the teacher cache)" in text
+    assert "teacher from the cache (top-64 + tail)" in text and "no generation (off-policy)" in text
+    assert "(516 B); a micro-batch reads 0.76 MiB" in text
+    assert "teacher cache read" not in predict(student, teacher, plan).table()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------------------------------------------------
 
@@ -573,6 +673,100 @@ def test_python_dash_m_cli():
     assert "24 GB: fits" in done.stdout
 
 
+def _plan_parser():
+    import argparse
+
+    from trl_opd.cli import build_parser
+
+    subparsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return subparsers.choices["plan"]
+
+
+def test_every_plan_field_has_a_generated_flag():
+    from trl_opd.cli.plan import plan_flag
+
+    actions = {action.dest: action for action in _plan_parser()._actions}
+    for f in fields(TrainingPlan):
+        assert f.name in actions, f.name
+        assert plan_flag(f) in actions[f.name].option_strings and actions[f.name].help, f.name
+    assert plan_flag(next(f for f in fields(TrainingPlan) if f.name == "per_device_batch_size")) == "--batch"
+
+
+#: A non-default value for every TrainingPlan field, valid together.
+FLAG_SAMPLE = dict(
+    student_quant="fp16", teacher_quant="nf4", double_quant=True, lora_rank=8, lora_targets=("q_proj", "v_proj"),
+    lora_dropout=0.05, per_device_batch_size=2, gradient_accumulation_steps=4, prompt_length=256,
+    completion_length=768, gradient_checkpointing=False, optimizer="adamw_8bit", divergence="fkl", loss_chunk_rows=32,
+    generation_backend="vllm", vllm_gpu_memory_utilization=0.25, teacher_source="cache+live", teacher_top_k=32,
+)  # fmt: skip
+
+
+def test_plan_flags_set_every_field():
+    from trl_opd.cli.plan import plan_flag, plan_overrides
+
+    assert set(FLAG_SAMPLE) == {f.name for f in fields(TrainingPlan)}
+    argv = ["plan"]
+    for f in fields(TrainingPlan):
+        value, flag = FLAG_SAMPLE[f.name], plan_flag(f)
+        if isinstance(value, bool):
+            argv.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, tuple):
+            argv += [flag, *value]
+        else:
+            argv += [flag, str(value)]
+    parser = _plan_parser()
+    args = parser.parse_args(argv[1:])
+    assert replace(TrainingPlan(), **plan_overrides(args)) == TrainingPlan(**FLAG_SAMPLE)
+    assert plan_overrides(parser.parse_args([])) == {}  # flags left out keep the recipe's settings
+
+
+def test_plan_help_imports_neither_torch_nor_trl():
+    script = textwrap.dedent("""
+        import contextlib, io, sys
+        import trl_opd, trl_opd.memory
+        from trl_opd.cli import main
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            try:
+                main(["plan", "--help"])
+            except SystemExit as exit:
+                assert exit.code == 0, exit.code
+        assert "--teacher-top-k" in out.getvalue() and "--batch" in out.getvalue()
+        print(sorted(name for name in ("torch", "transformers", "trl") if name in sys.modules))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
+
+
+def test_measurement_names_stay_importable_from_memory():
+    from trl_opd import measurement
+
+    assert memory.LiveTensorMeter is measurement.LiveTensorMeter
+    assert memory.storage_bytes is measurement.storage_bytes
+    assert LiveTensorMeter is measurement.LiveTensorMeter
+
+
+def test_docs_flag_command_is_the_recipe(capsys, monkeypatch):
+    """docs/memory.md's first command spells out recipe 7b-nf4-14b-bf16 with flags, and prints the table shown."""
+    text = (ROOT / "docs" / "memory.md").read_text()
+    lines = iter(text.split("```bash\n", 1)[1].splitlines())
+    command = [next(lines)]
+    while command[-1].endswith("\\"):
+        command.append(next(lines))
+    argv = shlex.split(" ".join(line.rstrip("\\") for line in command))
+    assert argv[:2] == ["trl-opd", "plan"] and "--recipe" not in argv
+    monkeypatch.chdir(ROOT)
+    assert cli_main([*argv[1:], "--json"]) == 0
+    from_flags = json.loads(capsys.readouterr().out)
+    assert cli_main(["plan", "--recipe", "7b-nf4-14b-bf16", "--json"]) == 0
+    assert from_flags == json.loads(capsys.readouterr().out)
+    assert cli_main(argv[1:]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    shown = re.search(r"```\n(part .*?)```", text, re.S).group(1).splitlines()
+    assert [line for line in shown if line not in printed] == []
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # End to end: scripts/gpu_check.py --tiny on the CPU
 # ----------------------------------------------------------------------------------------------------------------------
@@ -582,6 +776,7 @@ def test_python_dash_m_cli():
 @needs_bnb
 def test_gpu_check_tiny_runs_end_to_end(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TRL_EXPERIMENTAL_SILENCE": "1", "HF_HUB_OFFLINE": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))  # this checkout's trl_opd
     out = tmp_path / "figures.json"
     done = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "gpu_check.py"), "--tiny", "--output", str(out), "--workdir",

@@ -1,37 +1,29 @@
-"""``trl-opd plan``: predict the peak GPU memory of a distillation run (:mod:`trl_opd.memory`)."""
+"""``trl-opd plan``: predict the peak GPU memory of a distillation run (:mod:`trl_opd.memory`).
+
+The settings' flags are generated from :class:`trl_opd.memory.TrainingPlan`'s fields (:func:`add_plan_flags`): the
+flag is ``--`` plus the field's name with dashes (or its metadata's ``flag``: ``--batch`` for
+``per_device_batch_size``), the help, choices and group come from the field's metadata, and the argument type from its
+annotation (``bool``: ``--x`` / ``--no-x``; ``tuple[str, ...]``: one or more values; ``int | None``: an int). Every
+flag defaults to ``None``, "not given", so a recipe's settings stay unless a flag overrides them.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import fields, replace
+import types
+import typing
+from dataclasses import MISSING, Field, fields, replace
 
 from . import UsageError
 
 
-# command-line flag -> TrainingPlan field (flags left unset keep the recipe's or the plan's default)
-_PLAN_FLAGS = {
-    "student_quant": "student_quant",
-    "teacher_quant": "teacher_quant",
-    "double_quant": "double_quant",
-    "lora_rank": "lora_rank",
-    "lora_targets": "lora_targets",
-    "lora_dropout": "lora_dropout",
-    "batch": "per_device_batch_size",
-    "gradient_accumulation_steps": "gradient_accumulation_steps",
-    "prompt_length": "prompt_length",
-    "completion_length": "completion_length",
-    "gradient_checkpointing": "gradient_checkpointing",
-    "optimizer": "optimizer",
-    "divergence": "divergence",
-    "loss_chunk_rows": "loss_chunk_rows",
-    "generation_backend": "generation_backend",
-    "vllm_gpu_memory_utilization": "vllm_gpu_memory_utilization",
-}
+#: The order of the plan's argument groups in ``--help`` (between "models" and "output").
+PLAN_GROUPS = ("quantization", "training", "generation", "teacher")
 
 
 def register(subparsers) -> None:
-    from ..memory import DIVERGENCES, GENERATION_BACKENDS, GPU_SIZES_GB, OPTIMIZERS, QUANTIZATIONS, RECIPES
+    from ..memory import GPU_SIZES_GB, RECIPES
 
     parser = subparsers.add_parser(
         "plan",
@@ -48,30 +40,73 @@ def register(subparsers) -> None:
     models.add_argument("--teacher", help="folder with the teacher's config.json, or a packaged shape (qwen2.5-14b)")
     models.add_argument("--recipe", choices=sorted(RECIPES), help="start from a packaged recipe; flags override it")
     models.add_argument("--list-recipes", action="store_true", help="list the recipes and packaged shapes, then exit")
-    quant = parser.add_argument_group("quantization")
-    quant.add_argument("--student-quant", choices=QUANTIZATIONS)
-    quant.add_argument("--teacher-quant", choices=QUANTIZATIONS)
-    quant.add_argument("--double-quant", action=argparse.BooleanOptionalAction, help="bnb_4bit_use_double_quant")
-    train = parser.add_argument_group("training")
-    train.add_argument("--lora-rank", type=int, help="LoRA rank; 0 = full fine-tuning (default 16)")
-    train.add_argument("--lora-targets", nargs="+", metavar="MODULE", help="LoRA target modules (default: all-linear)")
-    train.add_argument("--lora-dropout", type=float)
-    train.add_argument("--batch", type=int, help="per_device_train_batch_size (default 1)")
-    train.add_argument("--gradient-accumulation-steps", type=int, help="(default 1); generation batch = batch × this")
-    train.add_argument("--prompt-length", type=int, help="prompt tokens (default 512)")
-    train.add_argument("--completion-length", type=int, help="max_completion_length (default 1536)")
-    train.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, help="(default on)")
-    train.add_argument("--optimizer", choices=OPTIMIZERS)
-    train.add_argument("--divergence", choices=DIVERGENCES)
-    train.add_argument("--loss-chunk-rows", type=int, help="rows per loss tile (default max(48, 2**22 // vocab))")
-    gen = parser.add_argument_group("generation")
-    gen.add_argument("--generation-backend", choices=GENERATION_BACKENDS)
-    gen.add_argument("--vllm-gpu-memory-utilization", type=float)
+    add_plan_flags(parser)
     out = parser.add_argument_group("output")
     out.add_argument("--gpu", type=float, nargs="+", default=list(GPU_SIZES_GB), metavar="GB",
                      help=f"GPU sizes to check, in GB (default {' '.join(map(str, GPU_SIZES_GB))})")  # fmt: skip
     out.add_argument("--json", action="store_true", help="print the estimate as JSON (bytes) instead of the table")
     parser.set_defaults(func=run_plan)
+
+
+def plan_flag(f: Field) -> str:
+    """The command-line flag of a :class:`TrainingPlan` field: ``--batch`` for ``per_device_batch_size``."""
+    return "--" + (f.metadata.get("flag") or f.name).replace("_", "-")
+
+
+def add_plan_flags(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per :class:`TrainingPlan` field to ``parser`` (``dest`` is the field's name, default ``None``)."""
+    from ..memory import TrainingPlan
+
+    hints = typing.get_type_hints(TrainingPlan)
+    groups = {name: parser.add_argument_group(name) for name in PLAN_GROUPS}
+    for f in fields(TrainingPlan):
+        meta = f.metadata
+        if "help" not in meta or meta.get("group") not in groups:
+            raise TypeError(f"TrainingPlan.{f.name} needs setting(...) metadata with a help text and a known group.")
+        kwargs = dict(dest=f.name, default=None, help=meta["help"] + _shown_default(f.default))
+        if meta.get("choices"):
+            kwargs["choices"] = meta["choices"]
+        kind = _value_type(hints[f.name], f.name)
+        if kind is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            if not meta.get("choices"):  # argparse shows the choices otherwise
+                kwargs["metavar"] = meta.get("metavar") or plan_flag(f)[2:].replace("-", "_").upper()
+            if kind is tuple:
+                kwargs["nargs"] = "+"
+            else:
+                kwargs["type"] = kind
+        groups[meta["group"]].add_argument(plan_flag(f), **kwargs)
+
+
+def _shown_default(default) -> str:
+    """`` (default X)`` for the help text; nothing for ``None``, whose meaning the field's help states."""
+    if default is None or default is MISSING:
+        return ""
+    return f" (default {' '.join(default) if isinstance(default, tuple) else default})"
+
+
+def _value_type(hint, name: str):
+    """``bool``, ``int``, ``float``, ``str`` or ``tuple`` (of strings) from a field's annotation (``X | None`` → X)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
+    if typing.get_origin(hint) is tuple:
+        return tuple
+    if hint in (bool, int, float, str):
+        return hint
+    raise TypeError(f"TrainingPlan.{name}: no command-line type for the annotation {hint!r}.")
+
+
+def plan_overrides(args: argparse.Namespace) -> dict:
+    """The :class:`TrainingPlan` fields the command line set (flags left out are not in it)."""
+    from ..memory import TrainingPlan
+
+    overrides = {}
+    for f in fields(TrainingPlan):
+        value = getattr(args, f.name, None)
+        if value is not None:
+            overrides[f.name] = tuple(value) if isinstance(value, list) else value
+    return overrides
 
 
 def run_plan(args: argparse.Namespace) -> int:
@@ -92,13 +127,7 @@ def run_plan(args: argparse.Namespace) -> int:
     if missing:
         verb = "is" if len(missing) == 1 else "are"
         raise UsageError(f"{' and '.join(missing)} {verb} required (or --recipe NAME).")
-    overrides = {
-        field_name: getattr(args, flag) for flag, field_name in _PLAN_FLAGS.items() if getattr(args, flag) is not None
-    }
-    if "lora_targets" in overrides:
-        overrides["lora_targets"] = tuple(overrides["lora_targets"])
-    known = {f.name for f in fields(TrainingPlan)}
-    plan = replace(base, **{k: v for k, v in overrides.items() if k in known})
+    plan = replace(base, **plan_overrides(args))
     estimate = predict(ModelShape.from_dir(student), ModelShape.from_dir(teacher), plan)
     if args.json:
         print(json.dumps(estimate.to_dict(args.gpu), indent=2))
