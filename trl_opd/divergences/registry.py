@@ -83,6 +83,13 @@ def resolve(divergence: str, beta: float = 0.5) -> Divergence:
     return REGISTRY[divergence]
 
 
-def loss_tiles(divergence: str, beta: float = 0.5) -> int:
+#: Float32 ``(rows, V)`` tiles one chunk keeps alive on the top-k + tail path, for every divergence: the student's
+#: log p_S and p_S (the live teacher's tile is reduced to its k + 1 bins before the student's are projected, and the
+#: logit gradient is written in place into log p_S); measured with LiveTensorMeter (tests/test_topk.py).
+TOPK_TILES = 2
+
+
+def loss_tiles(divergence: str, beta: float = 0.5, top_k: int | None = None) -> int:
     """Float32 ``(rows, V)`` tiles one chunk of the chunked loss keeps alive (the memory planner's count)."""
-    return resolve(divergence, beta).tiles
+    record = resolve(divergence, beta)
+    return record.tiles if top_k is None else TOPK_TILES

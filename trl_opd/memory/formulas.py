@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from ..divergences.registry import loss_tiles
+from ..divergences.registry import TOPK_TILES, loss_tiles
 from ..tiling import default_chunk_rows
 from .plan import TrainingPlan
 from .shapes import DTYPE_BYTES, ModelShape, compute_bytes
@@ -163,10 +163,8 @@ def activation_bytes(shape: ModelShape, plan: TrainingPlan, device: str = "cuda"
 # The loss, the teacher and generation
 # ----------------------------------------------------------------------------------------------------------------------
 
-#: ``(rows, V)`` float32 tiles of the student side of a top-k + tail loss chunk: log p_S and p_S. The teacher side is
-#: k + 1 bins, and the logit gradient fits in place into log p_S once the student's bins and entropy are read (see
-#: :func:`loss_chunk_bytes`).
-TOPK_STUDENT_TILES = 2
+#: ``(rows, V)`` float32 tiles of a top-k + tail loss chunk: log p_S and p_S, from the divergence registry (measured).
+TOPK_STUDENT_TILES = TOPK_TILES
 #: float32 ``(rows, k + 1)`` tensors of a top-k + tail chunk: the teacher's bins, the student's log-bins, its bins and
 #: the per-bin gradient ∂D/∂q, plus the student's probabilities at the k ids (rounded up to k + 1).
 TOPK_BIN_TENSORS = 5
@@ -202,8 +200,8 @@ def loss_chunk_bytes(student: ModelShape, teacher: ModelShape, plan: TrainingPla
     which is written in place into the log p_S tile once the student's bins and entropy are read: TOPK_STUDENT_TILES = 2
     tiles (log p_S, p_S) plus, per row, TOPK_BIN_TENSORS float32 (k + 1)-vectors and the k ids as int64 (for ``gather``
     / ``scatter``). A live teacher's ``(rows, V)`` tile is reduced to its k + 1 bins before the student's tiles are
-    projected, so it never adds a third tile. This is the allocation the closed-form gradient needs, derived here, not
-    yet measured: the top-k engine of issue 16 should confirm it with :class:`trl_opd.measurement.LiveTensorMeter`.
+    projected, so it never adds a third tile (2 tiles measured with :class:`trl_opd.measurement.LiveTensorMeter`
+    for every divergence, tests/test_topk.py).
 
     Both add the gathered student hidden states of the N tokens, their float32 gradient and its cast, three float32
     values per token, and, when the ``lm_head`` is trained (full fine-tuning), the float32 V × H gradient accumulator
