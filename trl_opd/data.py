@@ -36,6 +36,21 @@ def cut_after_first_eos(ids: list[int], eos_token_ids) -> list[int]:
     return ids
 
 
+def prompt_token_ids(tokenizer, prompt, chat_template_kwargs: dict | None = None) -> list[int]:
+    """Token ids of a prompt exactly as TRL's trainers tokenize it for generation: the chat template with its
+    generation prompt for messages, ``tokenizer(text)`` (special tokens included) for text."""
+    if isinstance(prompt, list):
+        rendered = tokenizer.apply_chat_template(
+            conversation=[prompt],
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=True,
+            **(chat_template_kwargs or {}),
+        )
+        return list(rendered["input_ids"][0])
+    return list(tokenizer(text=[prompt])["input_ids"][0])
+
+
 def completion_token_ids(
     tokenizer, prompt, completion, *, eos_token_ids, chat_template_kwargs: dict | None = None
 ) -> list[int]:
