@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from datasets import Dataset, IterableDataset
 from helpers import CPU_TRAINING_ARGS
 from transformers import AutoModelForCausalLM, HfArgumentParser, TrainerCallback
@@ -19,17 +20,22 @@ from trl import DPOConfig, DPOTrainer
 from trl_opd.evaluation import sample
 from trl_opd.hooks import FlawedPrefixFilter
 from trl_opd.tiny import addition_dataset, tiny_llama, train_causal_lm
-from trl_opd.trainers.spin import (
-    SPINTrainer,
-    format_round_table,
-    saturation_verdict,
-    sequence_log_probs,
-    spin_loss,
-)
+from trl_opd.trainers.guard import NonFiniteError
+from trl_opd.trainers.spin import SPINTrainer, format_round_table, saturation_verdict, sequence_log_probs
 from trl_opd.trainers.spin_config import SPINConfig
 
 
 LN2 = math.log(2)
+
+
+def spin_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta=0.1, loss_type="sigmoid"):
+    """The reference formula: per-pair losses and h from sequence log-probabilities (summed over completion tokens).
+
+    ``h = β · [(log π_θ(c) − log π_ref(c)) − (log π_θ(r) − log π_ref(r))]``; the loss is ``−log σ(h)`` ("sigmoid")
+    or ``max(0, 1 − h)`` ("hinge").
+    """
+    h = beta * ((policy_chosen - ref_chosen) - (policy_rejected - ref_rejected))
+    return (-F.logsigmoid(h) if loss_type == "sigmoid" else torch.relu(1 - h)), h
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +72,13 @@ def read_pairs(folder: Path) -> list[dict]:
     return [json.loads(line) for line in (folder / "pairs.jsonl").read_text().splitlines()]
 
 
+def assert_same_weights(model_a, model_b):
+    state_a, state_b = model_a.state_dict(), model_b.state_dict()
+    assert list(state_a) == list(state_b)
+    for name in state_a:
+        assert torch.equal(state_a[name], state_b[name]), name
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # The loss
 # ---------------------------------------------------------------------------------------------------------------------
@@ -83,8 +96,6 @@ def test_the_tutorials_worked_example():
     same = torch.tensor([-3.0, -7.0])
     assert spin_loss(same, same + 1, same, same + 1)[0].tolist() == pytest.approx([LN2, LN2])
     assert spin_loss(same, same + 1, same, same + 1, loss_type="hinge")[0].tolist() == [1.0, 1.0]
-    with pytest.raises(ValueError, match="'sigmoid', 'hinge'"):
-        spin_loss(same, same, same, same, loss_type="ipo")
 
 
 @pytest.mark.parametrize("loss_type", ["sigmoid", "hinge"])
@@ -345,6 +356,13 @@ def test_resume_continues_after_the_last_completed_round(tmp_path, tok, dataset)
         assert history[1][key] == pytest.approx(expected[1][key], abs=1e-6), key
     for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
         assert torch.allclose(a, b, atol=1e-6), name
+    # Exact on CPU: each round's sampling and DPO run are seeded by the round, not by what ran before it.
+    assert resumed.last_rejected_ids == straight.last_rejected_ids
+    assert read_pairs(tmp_path / "resumed" / "round-2") == read_pairs(tmp_path / "straight" / "round-2")
+    assert [history[1][key] for key in ("loss_end", "reward_margin", "kl")] == [
+        expected[1][key] for key in ("loss_end", "reward_margin", "kl")
+    ]
+    assert_same_weights(straight.model, resumed.model)
 
     again = make_spin(tmp_path / "resumed", tok, dataset, max_rounds=2)
     assert again.train(resume=True) == history and again.stop_reason == "max_rounds"  # nothing left to run
@@ -354,6 +372,63 @@ def test_resume_continues_after_the_last_completed_round(tmp_path, tok, dataset)
         make_spin(tmp_path / "resumed", tok, dataset, peft_config=LoraConfig(r=2, target_modules=["q_proj"])).train(
             resume=True
         )
+
+
+class Killed(Exception):
+    """Stands for the process being killed."""
+
+
+class LossRecorder(TrainerCallback):
+    """Records ``(round, step, loss)`` of every logged step; raises :class:`Killed` right after ``kill_after``'s
+    checkpoint (a ``(round, step)``) is written."""
+
+    def __init__(self, kill_after=None):
+        self.losses, self.kill_after, self.round = [], kill_after, None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.round = int(Path(args.output_dir).name.removeprefix("round-"))
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if "loss" in logs:
+            self.losses.append((self.round, state.global_step, logs["loss"]))
+
+    def on_save(self, args, state, control, **kwargs):
+        if (self.round, state.global_step) == self.kill_after:
+            raise Killed
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("use_peft", [False, True], ids=["full", "lora"])
+def test_resume_inside_a_round_from_its_last_checkpoint_is_exact(tmp_path, tok, dataset, use_peft):
+    from peft import LoraConfig
+
+    def run(folder, recorder, resume=False):
+        extra = {"peft_config": LoraConfig(r=4, target_modules=["q_proj", "v_proj"])} if use_peft else {}
+        extra.update(max_steps=6, save_strategy="steps", save_steps=3, num_saturation_samples=4)
+        trainer = make_spin(tmp_path / folder, tok, dataset, learning_rate=5e-2 if use_peft else 1e-2, **extra)
+        trainer.callbacks = [recorder]
+        return trainer, trainer.train(resume=resume)
+
+    straight_recorder = LossRecorder()
+    straight, expected = run("straight", straight_recorder)
+    with pytest.raises(Killed):  # round 1, right after checkpoint-3
+        run("resumed", LossRecorder(kill_after=(1, 3)))
+    round_1 = tmp_path / "resumed" / "round-1"
+    assert not (tmp_path / "resumed" / "rounds.json").exists() and (round_1 / "pairs.jsonl").exists()
+    assert sorted(p.name for p in round_1.glob("checkpoint-*")) == ["checkpoint-3"]
+
+    recorder = LossRecorder()
+    resumed, history = run("resumed", recorder, resume=True)  # the same command, resumed
+    steps = [(k, step) for k, step, _ in recorder.losses]
+    assert steps == [(1, 4), (1, 5), (1, 6)] + [(2, s) for s in range(1, 7)]  # round 1 went on from checkpoint-3
+    straight_losses = {(k, step): loss for k, step, loss in straight_recorder.losses}
+    assert [loss for _, _, loss in recorder.losses] == [straight_losses[key] for key in steps]
+    assert resumed.last_rejected_ids == straight.last_rejected_ids  # round 2's samples
+    for k in (1, 2):
+        assert read_pairs(tmp_path / "resumed" / f"round-{k}") == read_pairs(tmp_path / "straight" / f"round-{k}")
+    for key in ("loss_start", "loss_end", "reward_margin", "kl", "steps", "num_pairs", "rejected_distinct_2"):
+        assert [r[key] for r in history] == [r[key] for r in expected], key
+    assert_same_weights(straight.model, resumed.model)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -454,6 +529,113 @@ def test_chosen_model_outputs_replace_the_dataset_completions(tmp_path, tok, dat
     for k in (1, 2):  # greedy outputs are generated once and reused every round
         pairs = read_pairs(tmp_path / f"round-{k}")
         assert len(pairs) == 16 and all(pair["chosen"] == expected[pair["prompt"]] for pair in pairs)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Failure behaviour: non-finite values, bad input
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class NaNGradient(TrainerCallback):
+    """Makes the gradient of one parameter NaN at the given optimizer steps (1-based); the loss stays finite."""
+
+    def __init__(self, steps, parameter="model.layers.0.self_attn.q_proj.weight"):
+        self.steps, self.parameter, self.handle = set(steps), parameter, None
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        if self.handle is not None:
+            self.handle.remove()
+            self.handle = None
+        if state.global_step + 1 in self.steps:
+            param = dict(model.named_parameters())[self.parameter]
+            self.handle = param.register_hook(lambda grad: grad * float("nan"))
+
+
+@pytest.mark.slow
+def test_a_nan_gradient_stops_the_round_before_anything_is_written(tmp_path, tok, dataset):
+    trainer = make_spin(tmp_path, tok, dataset, max_rounds=1, save_strategy="steps", save_steps=1)
+    trainer.callbacks = [NaNGradient(steps=[2])]
+    with pytest.raises(NonFiniteError, match=r"Step 2: the gradient of .*model\.layers\.0\.self_attn\.q_proj\.weight"):
+        trainer.train()
+    round_1 = tmp_path / "round-1"
+    assert sorted(p.name for p in round_1.glob("checkpoint-*")) == ["checkpoint-1"]  # the last good step only
+    assert not (tmp_path / "rounds.json").exists() and not list(round_1.glob("*.safetensors"))
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())  # the bad step was not applied
+
+
+@pytest.mark.slow
+def test_the_skip_policy_trains_on_counts_and_stops_after_consecutive_skips(tmp_path, tok, dataset):
+    trainer = make_spin(tmp_path / "once", tok, dataset, max_rounds=1, nonfinite_policy="skip")
+    trainer.callbacks = [NaNGradient(steps=[2])]
+    (record,) = trainer.train()
+    assert record["steps"] == 4 and record["nonfinite_skipped_steps"] == 1
+    assert any("nonfinite/skipped_steps" in log for log in trainer.round_trainer.state.log_history)
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+    # Whatever the policy, a round's save refuses non-finite weights and the saved round stays as it was.
+    saved = (tmp_path / "once" / "round-1" / "model.safetensors").read_bytes()
+    with torch.no_grad():
+        trainer.model.model.layers[1].mlp.up_proj.weight[0, 0] = float("inf")
+    with pytest.raises(NonFiniteError, match=r"Refusing to save .*model\.layers\.1\.mlp\.up_proj\.weight"):
+        trainer._save_round(1)
+    assert (tmp_path / "once" / "round-1" / "model.safetensors").read_bytes() == saved
+
+    again = make_spin(tmp_path / "always", tok, dataset, max_rounds=1, nonfinite_policy="skip", max_nonfinite_skips=2)
+    again.callbacks = [NaNGradient(steps=[2, 3, 4])]
+    with pytest.raises(NonFiniteError, match=r"2 consecutive optimizer steps were skipped .*max_nonfinite_skips=2"):
+        again.train()
+    assert not (tmp_path / "always" / "rounds.json").exists()
+
+
+def test_config_refuses_temperatures_that_cannot_sample(tmp_path):
+    for value in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="generation_temperature must be > 0 and finite"):
+            spin_config(tmp_path, generation_temperature=value)
+    for value in (-0.5, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="chosen_temperature must be >= 0 and finite"):
+            spin_config(tmp_path, chosen_temperature=value)
+    assert spin_config(tmp_path, chosen_temperature=0.0).chosen_temperature == 0.0  # greedy
+    with pytest.raises(ValueError, match="max_prompt_length must be >= 1"):
+        spin_config(tmp_path, max_prompt_length=0)
+    with pytest.raises(ValueError, match="nonfinite_policy must be one of 'stop', 'skip'"):
+        spin_config(tmp_path, nonfinite_policy="ignore")
+
+
+def test_dataset_and_tokenizer_errors_name_the_fix(tmp_path, tok, dataset):
+    with pytest.raises(ValueError, match='SPIN\'s "chosen" side is the dataset completion.*chosen_model=') as error:
+        make_spin(tmp_path, tok, dataset.remove_columns("completion"))
+    assert "lmbda" not in str(error.value) and "seq_kd" not in str(error.value)
+    with pytest.raises(ValueError, match="train_dataset is empty"):
+        make_spin(tmp_path, tok, dataset.select([]))
+
+    model = tiny_llama(len(tok), tokenizer=tok, seed=1)
+    with pytest.raises(ValueError, match=r"pass processing_class=AutoTokenizer\.from_pretrained"):
+        SPINTrainer(model=model, args=spin_config(tmp_path), train_dataset=dataset, processing_class=None)
+    model.save_pretrained(tmp_path / "no-tokenizer")
+    with pytest.raises(ValueError, match="No tokenizer could be loaded from .*no-tokenizer.*tokenizer.save_pretrained"):
+        SPINTrainer(model=str(tmp_path / "no-tokenizer"), args=spin_config(tmp_path), train_dataset=dataset)
+    with pytest.raises(TypeError, match="processing_class must be a tokenizer"):
+        SPINTrainer(model=model, args=spin_config(tmp_path), train_dataset=dataset, processing_class=object())
+
+
+def test_prompts_too_long_are_refused_or_dropped_with_a_count(tmp_path, tok, dataset, caplog):
+    # tiny_llama covers 256 positions and samples 6 tokens: a 262-token prompt cannot be sampled from.
+    long_row = {"prompt": "1+" * 130 + "1=", "completion": "7"}
+    data = Dataset.from_list([*dataset, long_row])
+    too_long = (
+        r"1 prompt\(s\) .* the longest has 262 tokens, more than 250 \(the model's 256 positions.*max_prompt_length=250"
+    )
+    with pytest.raises(ValueError, match=too_long):
+        make_spin(tmp_path, tok, data)
+    with caplog.at_level("WARNING"):
+        trainer = make_spin(tmp_path, tok, data, max_prompt_length=20)
+    assert trainer.num_prompts_dropped == 1 and len(trainer.train_dataset) == len(trainer._prompt_ids) == 16
+    assert "dropped 1 of 17 prompts longer than max_prompt_length=20" in caplog.text
+    # DPO drops, without a word, pairs whose prompt fills max_length: refused here instead.
+    with pytest.raises(ValueError, match=r"DPO's max_length=4 .* max_prompt_length=3"):
+        make_spin(tmp_path, tok, dataset, max_length=4)
+    with pytest.raises(ValueError, match="Every prompt of train_dataset is longer than max_prompt_length=2"):
+        make_spin(tmp_path, tok, dataset, max_prompt_length=2)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

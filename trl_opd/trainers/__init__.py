@@ -4,8 +4,7 @@ from .gkd import GKDTrainer
 from .gkd_config import GKDConfig
 from .minillm import MiniLLMTrainer
 from .minillm_config import MiniLLMConfig
-from .spin import SPINTrainer
-from .spin_config import SPINConfig
+from .spin import SPINConfig, SPINTrainer
 
 
 __all__ = ["GKDConfig", "GKDTrainer", "MiniLLMConfig", "MiniLLMTrainer", "SPINConfig", "SPINTrainer"]

@@ -1,0 +1,16 @@
+"""One round's DPO run: ``trl.DPOTrainer`` with the non-finite guard (:mod:`trl_opd.trainers.guard`)."""
+
+from __future__ import annotations
+
+from trl import DPOTrainer
+
+from ..guard import FiniteGuardMixin
+
+
+class SPINRoundTrainer(FiniteGuardMixin, DPOTrainer):
+    """``trl.DPOTrainer`` whose losses and gradients are checked before each optimizer step and whose checkpoints
+    refuse non-finite weights (``nonfinite_policy`` / ``max_nonfinite_skips`` of [`SPINConfig`])."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_finite_guard()
