@@ -135,10 +135,16 @@ def build_teacher_cache(
     device = next(teacher.parameters()).device
     was_training = teacher.training
     teacher.eval()
-    features = Features({
-        "row": Value("int64"), "hash": Value("string"), "n_tokens": Value("int32"),
-        "ids": Sequence(Value("int32")), "log_probs": Sequence(Value("float32")), "tail": Sequence(Value("float32")),
-    })  # fmt: skip
+    features = Features(
+        {
+            "row": Value("int64"),
+            "hash": Value("string"),
+            "n_tokens": Value("int32"),
+            "ids": Sequence(Value("int32")),
+            "log_probs": Sequence(Value("float32")),
+            "tail": Sequence(Value("float32")),
+        }
+    )
     shard: dict[str, list] = {name: [] for name in features}
     shards, tokens = 0, 0
 
@@ -174,12 +180,18 @@ def build_teacher_cache(
     finally:
         teacher.train(was_training)
     meta = CacheMeta(
-        top_k=min(top_k, vocab), temperature=temperature, rows=len(dataset), tokens=tokens,
-        max_completion_length=max_completion_length, max_prompt_length=max_prompt_length,
-        teacher=str(getattr(teacher, "name_or_path", "") or type(teacher).__name__), teacher_vocab_size=vocab,
-        tokenizer=tokenizer_fingerprint(tokenizer), chat_template_kwargs=dict(chat_template_kwargs or {}),
+        top_k=min(top_k, vocab),
+        temperature=temperature,
+        rows=len(dataset),
+        tokens=tokens,
+        max_completion_length=max_completion_length,
+        max_prompt_length=max_prompt_length,
+        teacher=str(getattr(teacher, "name_or_path", "") or type(teacher).__name__),
+        teacher_vocab_size=vocab,
+        tokenizer=tokenizer_fingerprint(tokenizer),
+        chat_template_kwargs=dict(chat_template_kwargs or {}),
         seconds=time.perf_counter() - start,
-    )  # fmt: skip
+    )
     (out / META_NAME).write_text(json.dumps(asdict(meta), indent=2) + "\n")
     return TeacherCache(out)
 
@@ -263,9 +275,11 @@ class TeacherCache:
         out = []
         for i in range(len(rows)):
             n, k = int(records["n_tokens"][i]), self.top_k
-            out.append(TopKTargets(
-                torch.from_numpy(np.asarray(records["ids"][i], dtype=np.int64)).view(n, k),
-                torch.from_numpy(np.asarray(records["log_probs"][i], dtype=np.float32)).view(n, k),
-                torch.from_numpy(np.asarray(records["tail"][i], dtype=np.float32)),
-            ))  # fmt: skip
+            out.append(
+                TopKTargets(
+                    torch.from_numpy(np.asarray(records["ids"][i], dtype=np.int64)).view(n, k),
+                    torch.from_numpy(np.asarray(records["log_probs"][i], dtype=np.float32)).view(n, k),
+                    torch.from_numpy(np.asarray(records["tail"][i], dtype=np.float32)),
+                )
+            )
         return out

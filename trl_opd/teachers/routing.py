@@ -28,6 +28,17 @@ TEACHER_ID_COLUMN = "teacher_id"
 CACHE_ROW_COLUMN = "teacher_cache_row"
 
 
+def check_teacher_ids(values, ids) -> None:
+    """Refuse ``teacher_id`` values that name no given teacher, naming them and the teachers given."""
+    ids = [str(i) for i in ids]
+    unknown = sorted({str(v) for v in values} - set(ids))
+    if unknown:
+        raise ValueError(
+            f"The `{TEACHER_ID_COLUMN}` column names teachers that were not given: {', '.join(map(repr, unknown))} "
+            f"(given: {', '.join(ids)}). Fix the column or add them to teacher_model."
+        )
+
+
 @dataclass
 class TeacherSide:
     """The teacher of some of a micro-batch's loss tokens.
@@ -82,22 +93,8 @@ class TeacherSet:
                 f"Several teachers were given ({', '.join(self.ids)}), so every row needs a `{TEACHER_ID_COLUMN}` "
                 f"column naming its teacher; this row has {sorted(row)}."
             )
-        teacher_id = str(row[TEACHER_ID_COLUMN])
-        if teacher_id not in self.teachers:
-            raise ValueError(
-                f"A row asks for the teacher {teacher_id!r}, which is not one of the teachers given "
-                f"({', '.join(self.ids)}). Fix the `{TEACHER_ID_COLUMN}` column or add that teacher to teacher_model."
-            )
-        return self.ids.index(teacher_id)
-
-    def check_ids(self, values) -> None:
-        """Refuse unknown ids in a dataset's ``teacher_id`` column up front (map-style datasets)."""
-        unknown = sorted({str(v) for v in values} - set(self.teachers))
-        if unknown:
-            raise ValueError(
-                f"The `{TEACHER_ID_COLUMN}` column names teachers that were not given: {', '.join(map(repr, unknown))} "
-                f"(given: {', '.join(self.ids)}). Fix the column or add them to teacher_model."
-            )
+        check_teacher_ids([row[TEACHER_ID_COLUMN]], self.ids)
+        return self.ids.index(str(row[TEACHER_ID_COLUMN]))
 
     @torch.no_grad()
     def sides(
@@ -113,28 +110,31 @@ class TeacherSet:
         sides = []
         if cached:
             parts = self.cache.targets([int(cache_rows[r]) for r in cached])
-            sides.append(TeacherSide(
-                "cache", torch.cat([positions_of[r] for r in cached]),
-                targets=TopKTargets.cat(parts).to(loss_mask.device),
-            ))  # fmt: skip
+            sides.append(
+                TeacherSide(
+                    "cache",
+                    torch.cat([positions_of[r] for r in cached]),
+                    targets=TopKTargets.cat(parts).to(loss_mask.device),
+                )
+            )
         for index, (label, teacher) in enumerate(self.teachers.items()):
             rows = [
-                r for r in range(batch)
-                if r not in cached and (teacher_index is None or int(teacher_index[r]) == index)
-            ]  # fmt: skip
+                r for r in range(batch) if r not in cached and (teacher_index is None or int(teacher_index[r]) == index)
+            ]
             rows = [r for r in rows if positions_of[r].numel()]
             if not rows:
                 continue
             if len(rows) == batch:  # the common case: one teacher scores the whole micro-batch
                 hidden = teacher.hidden_states(input_ids, attention_mask, logits_to_keep)[loss_mask]
-                sides.append(TeacherSide(label, torch.arange(token_rows.numel(), device=loss_mask.device), hidden,
-                                         teacher.head))  # fmt: skip
+                sides.append(
+                    TeacherSide(label, torch.arange(token_rows.numel(), device=loss_mask.device), hidden, teacher.head)
+                )
                 continue
             select = torch.tensor(rows, device=input_ids.device)
             hidden = teacher.hidden_states(input_ids[select], attention_mask[select], logits_to_keep)
-            sides.append(TeacherSide(
-                label, torch.cat([positions_of[r] for r in rows]), hidden[loss_mask[select]], teacher.head
-            ))  # fmt: skip
+            sides.append(
+                TeacherSide(label, torch.cat([positions_of[r] for r in rows]), hidden[loss_mask[select]], teacher.head)
+            )
         covered = sum(side.positions.numel() for side in sides)
         if covered != token_rows.numel():
             raise RuntimeError(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import textwrap
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -20,9 +21,12 @@ from ..data import (
     is_empty_completion,
     prepare_prompt_completion_dataset,
 )
-from ..divergences import LMHead, chunked_divergence_loss, chunked_per_token_divergence
-from ..models import check_left_padding, check_processing_class, load_teacher
+from ..divergences import LMHead
+from ..models import check_left_padding, check_processing_class
 from ..scoring import left_padded
+from ..teachers.cache import row_hash
+from ..teachers.routing import CACHE_ROW_COLUMN, TEACHER_ID_COLUMN
+from .distillation_loss import distillation_loss
 from .gkd_config import GKDConfig
 from .guard import FiniteGuardMixin
 from .hooked import HookedTrainerMixin
@@ -140,20 +144,25 @@ class GKDTrainer(
             raise TypeError(f"args must be a trl_opd.GKDConfig, got {type(args).__name__}.")
         if teacher_model is None:
             teacher_model = args.teacher_model_name_or_path
-        if teacher_model is None:
-            raise ValueError("GKDTrainer needs a teacher: pass teacher_model= or set teacher_model_name_or_path.")
+        if teacher_model is None and args.teacher_cache is None:
+            raise ValueError(
+                "GKDTrainer needs a teacher: pass teacher_model= (a path, a model, or a mapping {id: model} routed by "
+                "a `teacher_id` column), set teacher_model_name_or_path, or serve a λ ≡ 0 run from teacher_cache=."
+            )
+        self._check_teacher_setup(teacher_model, args, eval_dataset)
         check_processing_class(model, processing_class)
         check_left_padding(processing_class)
         needs_completion = args.needs_dataset_completions
         train_dataset = prepare_prompt_completion_dataset(train_dataset, "train_dataset", needs_completion, _HINT)
         train_dataset = self._init_hooks(train_dataset, token_importance, prefix_filter, curriculum, success_func)
+        train_dataset = self._index_rows_for_teachers(train_dataset, args, teacher_model)
         eval_dataset = prepare_prompt_completion_dataset(
             eval_dataset, "eval_dataset", args.eval_lmbda < 1.0, _EVAL_HINT
         )
 
         # The teacher is prepared here rather than by the parent, whose check of equal `config.vocab_size` refuses
         # heads padded to different sizes that share a tokenizer (see `shared_vocab_size`).
-        teacher = load_teacher(teacher_model, args.teacher_model_init_kwargs, args)
+        teachers = self._load_teachers(teacher_model, args)
         super().__init__(
             model=model,
             teacher_model=None,
@@ -168,12 +177,44 @@ class GKDTrainer(
         )
         if self._is_vlm:
             raise ValueError("trl_opd.GKDTrainer supports text models only; use trl.DistillationTrainer for VLMs.")
-        self._attach_teacher(teacher, teacher_processing_class, run_backbone=self._run_teacher_backbone)
+        self._attach_teachers(teachers, teacher_processing_class, run_backbone=self._run_teacher_backbone)
         self._init_finite_guard()
         self.lmbda_schedule = args.lambda_schedule()
         self.divergence = args.divergence
         self.seq_kd = args.seq_kd
         self._mixed: MixedBatch | None = None  # the generation batch being built
+
+    @staticmethod
+    def _check_teacher_setup(teacher_model, args, eval_dataset) -> None:
+        """What a run without a live teacher, or with several, cannot do (refused up front, naming the fix)."""
+        several = isinstance(teacher_model, Mapping) and len(teacher_model) > 1
+        if several and args.seq_kd:
+            raise ValueError("seq_kd samples off-policy rows from one teacher: give one teacher, or seq_kd=False.")
+        if several and args.teacher_cache is not None:
+            raise ValueError("A teacher cache holds one teacher's targets: use it with a single teacher_model.")
+        if teacher_model is not None:
+            return
+        schedule = args.lambda_schedule()
+        if not (schedule.kind == "constant" and schedule.lmbda == 0.0) or args.seq_kd:
+            raise ValueError(
+                "Without teacher_model every row must be served by the teacher cache: that is lmbda=0.0 (constant) "
+                "and seq_kd=False. Pass teacher_model for the on-policy rows of a mixed run."
+            )
+        if eval_dataset is not None and args.eval_lmbda > 0.0:
+            raise ValueError(
+                "Evaluation samples from the student (eval_lmbda > 0), which needs a live teacher: pass teacher_model, "
+                "set eval_lmbda=0.0, or drop eval_dataset."
+            )
+
+    def _log_teacher_sides(self, per_side: dict[str, tuple[float, int]]) -> None:
+        """``teacher/<id>/divergence`` (token mean) and ``teacher/<id>/tokens`` per teacher side, when there are
+        several teachers or a cache (``<id>`` = ``cache`` for the cached rows)."""
+        if not (self.teachers.routed or self.teachers.cache is not None):
+            return
+        mode = "train" if self.model.training else "eval"
+        for label, (total, tokens) in per_side.items():
+            self._metrics[mode][f"teacher/{label}/tokens"].append(float(tokens))
+            self._metrics[mode][f"teacher/{label}/divergence"].append(total / max(tokens, 1))
 
     def _run_teacher_backbone(self, unwrapped_teacher, input_ids, attention_mask, logits_to_keep):
         # Through the teacher's own wrapper, so FSDP/DeepSpeed materialize its sharded parameters (as TRL does).
@@ -193,8 +234,8 @@ class GKDTrainer(
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
-        if "completion" not in self._signature_columns:
-            self._signature_columns = [*self._signature_columns, "completion"]
+        extra = ["completion", TEACHER_ID_COLUMN, CACHE_ROW_COLUMN]
+        self._signature_columns = [*self._signature_columns, *(c for c in extra if c not in self._signature_columns)]
 
     def current_lmbda(self) -> float:
         """λ for the generation batch about to be drawn (training: the schedule at the current step)."""
@@ -230,6 +271,9 @@ class GKDTrainer(
             keep = torch.tensor([not d for d in dropped], device=output["completion_mask"].device)
             output["completion_mask"] = output["completion_mask"] * keep.unsqueeze(1)
             output["num_items_in_batch"] = self.accelerator.gather(output["completion_mask"].sum()).sum()
+        device = self.accelerator.device
+        output["teacher_index"] = torch.tensor([self.teachers.index_of(row) for row in inputs], device=device)
+        output["teacher_cache_row"] = torch.tensor(batch.cache_rows, device=device)
         if "example_index" in inputs[0]:
             output["example_index"] = torch.tensor(
                 [row["example_index"] for row in inputs], device=self.accelerator.device
@@ -313,7 +357,18 @@ class GKDTrainer(
             for i in off_policy:
                 row = batch.rows[i]
                 completions[i] = self._tokenize_completion(row["prompt"], row["completion"], prompt_ids[i])
+            self._serve_from_cache(batch, off_policy, prompt_ids, completions)
         return completions
+
+    def _serve_from_cache(self, batch: MixedBatch, rows: list[int], prompt_ids, completions) -> None:
+        """Mark the off-policy rows whose teacher targets the cache holds, after checking their token ids match."""
+        cache = self.teachers.cache
+        if cache is None or not rows:
+            return
+        keys = [int(batch.rows[i][CACHE_ROW_COLUMN]) for i in rows]
+        cache.verify(keys, [row_hash(list(prompt_ids[i]), completions[i]) for i in rows])
+        for i, key in zip(rows, keys, strict=True):
+            batch.cache_rows[i] = key
 
     def _reject_rollout(self, batch: MixedBatch, i: int, force_replace: bool = False) -> None:
         """Apply the prefix filter's policy to row ``i``: off-policy with the dataset completion, or dropped."""
@@ -369,25 +424,36 @@ class GKDTrainer(
         logits_to_keep = inputs["completion_ids"].size(1)
 
         student_hidden = self._get_last_hidden_state(unwrapped_student, input_ids, attention_mask, logits_to_keep)
-        teacher_hidden = self.teacher.hidden_states(input_ids, attention_mask, logits_to_keep)
-        student_head, teacher_head = LMHead.of(unwrapped_student), self.teacher.head
+        student_head = LMHead.of(unwrapped_student)
         device = student_head.weight.device
         loss_mask = loss_mask.to(device)
+        sides = self.teachers.sides(
+            input_ids,
+            attention_mask,
+            logits_to_keep,
+            loss_mask,
+            inputs.get("teacher_index"),
+            inputs.get("teacher_cache_row"),
+        )
         h_s = student_hidden.to(device)[loss_mask]
-        h_t = teacher_hidden.to(device)[loss_mask]
         n_valid = loss_mask.sum()
         normalizer = n_valid.clamp(min=1) if num_items_in_batch is None else num_items_in_batch
-        args = (h_s, h_t, student_head, teacher_head, self.divergence, self.beta, self.temperature)
-        if self.token_importance is None:
-            # Weights known up front (all 1): gradients computed in the forward pass, each chunk projected once.
-            loss, values, entropy = chunked_divergence_loss(*args, normalizer=normalizer, vocab_size=self.vocab_size)
-        else:
-            # TIP weights depend on the divergences: per-token values first, the backward skips weight-0 tokens.
-            values, entropy, teacher_entropy = chunked_per_token_divergence(
-                *args, vocab_size=self.vocab_size, return_entropy=True, return_teacher_entropy=True
-            )
-            weights = self._token_importance_weights(values, teacher_entropy, entropy)
-            loss = (values * weights).sum() / normalizer
+        # Without TIP every weight is 1: gradients computed in the forward pass, each chunk projected once. TIP's
+        # weights depend on the divergences: per-token values first, the backward skips weight-0 tokens.
+        weigh = None if self.token_importance is None else self._token_importance_weights
+        loss, values, entropy, per_side = distillation_loss(
+            h_s,
+            student_head,
+            sides,
+            divergence=self.divergence,
+            beta=self.beta,
+            temperature=self.temperature,
+            vocab_size=self.vocab_size,
+            normalizer=normalizer,
+            top_k=self.args.teacher_top_k,
+            weigh=weigh,
+        )
+        self._log_teacher_sides(per_side)
         if not self.check_finite(f"the per-token {self.divergence} divergence", values, _NONFINITE_DIVERGENCE_CAUSE):
             return h_s.sum() * 0.0, entropy.sum().detach() * 0.0, n_valid  # the step is skipped (nonfinite_policy)
         self._curriculum_divergence_observations(inputs, loss_mask, values)

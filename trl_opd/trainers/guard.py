@@ -80,6 +80,11 @@ def first_nonfinite(tensor: torch.Tensor) -> float | None:
     return float(tensor.detach()[bad].flatten()[0])
 
 
+def nonfinite_trainable_parameters(model) -> list[str]:
+    """Names of the trainable parameters that hold a NaN or an infinity."""
+    return [name for name, p in model.named_parameters() if p.requires_grad and not bool(torch.isfinite(p).all())]
+
+
 class NonFiniteGradientCheck(TrainerCallback):
     """Before each optimizer step: every trainable parameter's gradient must be finite (see the module docstring)."""
 
@@ -203,7 +208,7 @@ class FiniteGuardMixin:
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """``Trainer.save_model`` (also behind every checkpoint), refused when a trainable parameter is not finite."""
         model = self.accelerator.unwrap_model(self.model)
-        bad = [name for name, p in model.named_parameters() if p.requires_grad and not bool(torch.isfinite(p).all())]
+        bad = nonfinite_trainable_parameters(model)
         if self._reduce_flag(bool(bad)):
             raise NonFiniteError(
                 f"Refusing to save to {output_dir or self.args.output_dir}: {len(bad)} trainable parameter tensor(s) "

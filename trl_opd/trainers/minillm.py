@@ -6,6 +6,7 @@ import copy
 import logging
 import math
 import textwrap
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -14,7 +15,7 @@ from trl import GRPOTrainer
 
 from ..data import prepare_prompt_completion_dataset
 from ..divergences import LMHead, chunked_per_token_divergence, chunked_token_log_probs
-from ..models import check_left_padding, check_processing_class, load_teacher
+from ..models import check_left_padding, check_processing_class
 from ..policy_gradient import minillm_advantages, token_rewards
 from ..scoring import last_hidden_states, left_padded
 from .guard import FiniteGuardMixin
@@ -133,7 +134,9 @@ class MiniLLMTrainer(
         eval_dataset = prepare_prompt_completion_dataset(eval_dataset, "eval_dataset", needs_completion=False)
 
         args.teacher_model_revision = getattr(args, "teacher_model_revision", None)
-        teacher = load_teacher(teacher_model, args.teacher_model_init_kwargs, args)
+        if isinstance(teacher_model, Mapping):
+            raise ValueError("MiniLLMTrainer distils from one teacher; pass a path or a model, not a mapping.")
+        teachers = self._load_teachers(teacher_model, args)
         train_dataset = self._init_hooks(train_dataset, token_importance, prefix_filter)
         super().__init__(
             model=model,
@@ -148,7 +151,7 @@ class MiniLLMTrainer(
             quantization_config=quantization_config,
             peft_config=peft_config,
         )
-        self._attach_teacher(teacher, teacher_processing_class)
+        self._attach_teachers(teachers, teacher_processing_class)
         self._init_finite_guard()
         self.extrapolation_ref = None
         if args.extrapolation_lambda != 1.0 and not is_peft_model(self.model):
@@ -383,6 +386,7 @@ class MiniLLMTrainer(
             "rkl",
             temperature=self.temperature,
             vocab_size=self.vocab_size,
+            teacher_top_k=self.args.teacher_top_k,
         )
         mode = "train" if self.model.training else "eval"
         accumulation = self.current_gradient_accumulation_steps if mode == "train" else 1.0

@@ -115,6 +115,11 @@ class MiniLLMConfig(TeacherArguments, PromptArguments, FiniteGuardArguments, GRP
             raise ValueError(
                 f"extrapolation_lambda must be >= 0 (1 = plain reverse KL), got {self.extrapolation_lambda}."
             )
+        if self.teacher_cache is not None:
+            raise ValueError(
+                "MiniLLM trains on the student's own samples only, so a teacher cache (of dataset completions) has "
+                "nothing to serve; use it with GKDTrainer (lmbda < 1)."
+            )
         if self.beta != 0.0:
             raise ValueError(
                 "MiniLLMConfig.beta (GRPO's KL penalty to a reference) must stay 0: the reverse KL to the teacher is "

@@ -28,15 +28,19 @@ def on_policy_mask(
 @dataclass
 class MixedBatch:
     """The generation batch being built: its dataset rows, which of them the student samples (``on_policy``), and
-    which sampled rollouts the flawed-prefix filter dropped from the loss (``dropped``)."""
+    which sampled rollouts the flawed-prefix filter dropped from the loss (``dropped``), and which off-policy rows the
+    teacher cache serves (``cache_rows``: the cache's row, -1 for a live teacher)."""
 
     rows: list[dict]
     on_policy: list[bool]
     dropped: list[bool] = field(default_factory=list)
+    cache_rows: list[int] = field(default_factory=list)  # the teacher cache's row serving each row (-1: none)
 
     def __post_init__(self):
         if not self.dropped:
             self.dropped = [False] * len(self.rows)
+        if not self.cache_rows:
+            self.cache_rows = [-1] * len(self.rows)
         if not len(self.rows) == len(self.on_policy) == len(self.dropped):
             raise ValueError("rows, on_policy and dropped must have one entry per row.")
 

@@ -1,45 +1,126 @@
 """The teacher plumbing shared by the trainers that distil from one (GKD, MiniLLM).
 
-A trainer mixes :class:`TeacherMixin` in before its TRL base class, loads the teacher with :func:`trl_opd.models.
-load_teacher` before the base ``__init__`` (TRL's own teacher handling would refuse heads padded to different sizes),
-and calls :meth:`_attach_teacher` after it. The mixin then holds ``self.teacher`` (a :class:`trl_opd.teachers.
-Teacher`), ``self.teacher_model`` (the prepared model, as in TRL's trainers) and ``self.vocab_size`` (the shared
-vocabulary), and offers the student's head and the public evaluation helpers.
+A trainer mixes :class:`TeacherMixin` in before its TRL base class, loads its teachers with :meth:`_load_teachers`
+before the base ``__init__`` (TRL's own teacher handling would refuse heads padded to different sizes), and calls
+:meth:`_attach_teachers` after it. The mixin then holds ``self.teachers`` (a :class:`trl_opd.teachers.TeacherSet`:
+the live teachers by id and the optional offline cache), ``self.teacher`` and ``self.teacher_model`` (the first live
+teacher and its prepared model, as in TRL's trainers; ``None`` for a cache-only run) and ``self.vocab_size`` (the
+vocabulary every head shares), and offers the student's head and the public evaluation helpers.
 """
 
 from __future__ import annotations
 
-from ..compatibility import check_compatibility
+from collections.abc import Mapping
+
+from ..compatibility import check_compatibility, compare_heads, head_rows_of
 from ..divergences import LMHead
 from ..evaluation import guards
-from ..models import disable_bnb_cpu_weight_repacking
+from ..models import disable_bnb_cpu_weight_repacking, load_teacher
 from ..teachers import Teacher
+from ..teachers.cache import TeacherCache
+from ..teachers.routing import CACHE_ROW_COLUMN, TEACHER_ID_COLUMN, TeacherSet, check_teacher_ids
+
+
+#: The id of the teacher when a single one is given.
+SINGLE_TEACHER = "teacher"
 
 
 class TeacherMixin:
-    """``self.teacher``, ``self.teacher_model``, ``self.vocab_size``; the student's head; prompt ids; guards."""
+    """``self.teachers``, ``self.teacher``, ``self.teacher_model``, ``self.vocab_size``; prompt ids; guards."""
 
-    teacher: Teacher
+    teacher: Teacher | None
+    teachers: TeacherSet
 
-    def _attach_teacher(self, teacher_model, teacher_tokenizer=None, run_backbone=None) -> None:
-        """Check the teacher against the student (:func:`trl_opd.compatibility.check_compatibility`, raising or
-        warning per ``args.compatibility_check``), suppress the student's ids that are no token in its generation, and
-        place the teacher with this trainer's accelerator (after the base ``__init__``)."""
+    @staticmethod
+    def _load_teachers(teacher_model, args) -> dict:
+        """``{id: PreTrainedModel}`` from a path, an instance or a mapping ``{id: path or instance}`` (empty when
+        ``teacher_model`` is ``None``: a run served by ``args.teacher_cache`` alone)."""
+        if teacher_model is None:
+            return {}
+        items = teacher_model.items() if isinstance(teacher_model, Mapping) else [(SINGLE_TEACHER, teacher_model)]
+        loaded = {str(k): load_teacher(v, args.teacher_model_init_kwargs, args) for k, v in items}
+        if not loaded:
+            raise ValueError("teacher_model is an empty mapping; give at least one {id: model or path}.")
+        return loaded
+
+    def _attach_teachers(self, loaded: dict, teacher_tokenizer=None, run_backbone=None) -> None:
+        """Check every teacher against the student (:func:`trl_opd.compatibility.check_compatibility`, raising or
+        warning per ``args.compatibility_check``), suppress the student's ids that are no token in its generation,
+        place each teacher with this trainer's accelerator, and open the cache (after the base ``__init__``)."""
         student = self.accelerator.unwrap_model(self.model)
-        report = check_compatibility(student, teacher_model, self._text_tokenizer, teacher_tokenizer)
-        report.raise_or_warn(getattr(self.args, "compatibility_check", "error"))
-        self.compatibility = report
-        self._suppress_in_generation(report.suppressed_ids)
-        self.teacher = Teacher.prepare(
-            teacher_model,
-            report.shared_vocab_size,
-            self.accelerator,
-            deepspeed=self.is_deepspeed_enabled,
-            run_backbone=run_backbone,
-        )
-        self.teacher_model = self.teacher.model
-        self.vocab_size = self.teacher.vocab_size
+        mode = getattr(self.args, "compatibility_check", "error")
+        teachers, reports = {}, {}
+        for label, model in loaded.items():
+            report = check_compatibility(student, model, self._text_tokenizer, teacher_tokenizer)
+            if len(loaded) > 1:
+                report.facts["teacher id"] = label
+            report.raise_or_warn(mode)
+            reports[label] = report
+            teachers[label] = Teacher.prepare(
+                model,
+                report.shared_vocab_size,
+                self.accelerator,
+                deepspeed=self.is_deepspeed_enabled,
+                run_backbone=run_backbone,
+            )
+        cache = self._open_teacher_cache()
+        vocab_sizes = [t.vocab_size for t in teachers.values()]
+        suppressed = sorted({i for r in reports.values() for i in r.suppressed_ids})
+        if cache is not None:
+            shared, cache_suppressed, problems = compare_heads(
+                head_rows_of(student), cache.meta.teacher_vocab_size, len(self._text_tokenizer)
+            )
+            for problem in problems:
+                if problem.level == "error":
+                    raise ValueError(f"The teacher cache {cache.path}: {problem.what} Fix: {problem.fix}")
+            vocab_sizes.append(shared)
+            suppressed = sorted(set(suppressed) | set(cache_suppressed))
+        self.compatibility = next(iter(reports.values()), None)
+        self.compatibility_reports = reports
+        self._suppress_in_generation(suppressed)
+        self.teachers = TeacherSet(teachers, cache)
+        self.teacher = next(iter(teachers.values()), None)
+        self.teacher_model = None if self.teacher is None else self.teacher.model
+        self.vocab_size = min(vocab_sizes)
         disable_bnb_cpu_weight_repacking(self.model)
+
+    def _open_teacher_cache(self) -> TeacherCache | None:
+        path = getattr(self.args, "teacher_cache", None)
+        if path is None:
+            return None
+        cache = TeacherCache(path)
+        dataset = self.train_dataset
+        cache.check(
+            tokenizer=self._text_tokenizer,
+            rows=len(dataset) if hasattr(dataset, "__len__") else cache.meta.rows,
+            top_k=self.args.teacher_top_k,
+            temperature=self.temperature,
+            max_completion_length=self.max_completion_length,
+            max_prompt_length=self.args.max_prompt_length,
+        )
+        if self.args.teacher_top_k is None:
+            self.args.teacher_top_k = cache.top_k  # the cached targets are top-k: the live rows use the same k
+        return cache
+
+    @staticmethod
+    def _index_rows_for_teachers(train_dataset, args, teacher_model):
+        """The columns the teacher routing reads: ``teacher_cache_row`` (each row's index, for the cache) and a check
+        of the ``teacher_id`` column against the teachers given (before the base ``__init__``)."""
+        if getattr(args, "teacher_cache", None) is not None and train_dataset is not None:
+            if not hasattr(train_dataset, "__len__"):
+                raise ValueError("A teacher cache serves rows by index: it needs a map-style datasets.Dataset.")
+            if CACHE_ROW_COLUMN not in train_dataset.column_names:
+                train_dataset = train_dataset.map(lambda _, i: {CACHE_ROW_COLUMN: i}, with_indices=True)
+        if isinstance(teacher_model, Mapping) and len(teacher_model) > 1 and train_dataset is not None:
+            columns = train_dataset.column_names
+            if columns is not None and TEACHER_ID_COLUMN not in columns:
+                raise ValueError(
+                    f"Several teachers were given ({', '.join(map(str, teacher_model))}): train_dataset needs a "
+                    f"`{TEACHER_ID_COLUMN}` column naming each row's teacher; it has {columns}."
+                )
+            if hasattr(train_dataset, "__len__"):
+                check_teacher_ids(train_dataset[TEACHER_ID_COLUMN], teacher_model)
+        return train_dataset
 
     def _suppress_in_generation(self, token_ids: list[int]) -> None:
         """Never sample ``token_ids`` (student head rows past the tokenizer, which the teacher may lack)."""
@@ -72,6 +153,8 @@ class TeacherMixin:
     def sample_guards(self, dataset, max_new_tokens: int | None = None) -> dict[str, float]:
         """The collapse guards (:func:`trl_opd.evaluation.guards`) of this trainer's student and teacher on the
         prompts of ``dataset``, sampled like training (temperature, ``max_completion_length``)."""
+        if self.teacher is None:
+            raise ValueError("The guards compare the student with a live teacher; this run has only a teacher cache.")
         tokenizer = self._text_tokenizer
         return guards(
             self.accelerator.unwrap_model(self.model),

@@ -25,7 +25,6 @@ import random
 import time
 from pathlib import Path
 
-import torch
 from accelerate import PartialState
 from accelerate.utils import is_peft_model
 from datasets import Dataset
@@ -35,7 +34,7 @@ from trl.data_utils import is_conversational
 from ...data import prepare_prompt_completion_dataset
 from ...hooks import FlawedPrefixFilter
 from ...models import disable_bnb_cpu_weight_repacking, load_model, shared_vocab_size
-from ..guard import NonFiniteError
+from ..guard import NonFiniteError, nonfinite_trainable_parameters
 from .config import SPINConfig
 from .inputs import DATASET_HINT, load_policy, load_tokenizer, model_max_positions, prompts_within_limits
 from .pairs import PairsMixin, across_processes
@@ -53,11 +52,6 @@ from .saturation import kl_rows, saturation_verdict, summarize_kl
 
 
 logger = logging.getLogger(__name__)
-
-
-def nonfinite_trainable_parameters(model) -> list[str]:
-    """Names of the trainable parameters that hold a NaN or an infinity."""
-    return [name for name, p in model.named_parameters() if p.requires_grad and not bool(torch.isfinite(p).all())]
 
 
 class SPINTrainer(PairsMixin):
