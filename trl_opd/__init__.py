@@ -19,6 +19,7 @@ _LAZY = {
     **dict.fromkeys(("FlawedPrefixFilter", "PacedCurriculum", "TokenImportance"), ".hooks"),
     **dict.fromkeys(("chunked_per_token_divergence", "per_token_divergence"), ".divergences"),
     "LambdaSchedule": ".schedules",
+    **dict.fromkeys(("Teacher", "TeacherCache", "build_teacher_cache"), ".teachers"),
 }
 
 

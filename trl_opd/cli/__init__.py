@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 
 #: Subcommand modules, in the order ``--help`` lists them.
-SUBCOMMANDS: tuple[str, ...] = ("plan", "lab", "check")
+SUBCOMMANDS: tuple[str, ...] = ("plan", "lab", "check", "cache-teacher")
 
 
 class UsageError(Exception):

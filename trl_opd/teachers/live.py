@@ -11,7 +11,8 @@ from ..models import disable_bnb_cpu_weight_repacking
 from ..scoring import last_hidden_states
 
 
-#: ``run_backbone(model, input_ids, attention_mask, logits_to_keep) -> (B, logits_to_keep, H)`` hidden states.
+#: ``run_backbone(prepared, unwrapped, input_ids, attention_mask, logits_to_keep) -> (B, logits_to_keep, H)``: the
+#: teacher's hidden states, given its prepared (possibly wrapped) model and the bare one.
 BackboneRunner = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, int], torch.Tensor]
 
 
@@ -28,7 +29,7 @@ class Teacher:
 
     def __init__(self, model, unwrapped, vocab_size: int, run_backbone: BackboneRunner | None = None):
         self.model, self.unwrapped, self.vocab_size = model, unwrapped, vocab_size
-        self._run_backbone = run_backbone or (lambda m, ids, mask, k: last_hidden_states(m, ids, mask, k))
+        self._run_backbone = run_backbone or (lambda _, m, ids, mask, k: last_hidden_states(m, ids, mask, k))
         unwrapped.eval()
         disable_bnb_cpu_weight_repacking(unwrapped)
 
@@ -53,7 +54,7 @@ class Teacher:
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int) -> torch.Tensor:
         """``(B, logits_to_keep, H_T)`` hidden states predicting the last ``logits_to_keep`` tokens."""
         self.model.eval()
-        return self._run_backbone(self.unwrapped, input_ids, attention_mask, logits_to_keep)
+        return self._run_backbone(self.model, self.unwrapped, input_ids, attention_mask, logits_to_keep)
 
     @torch.no_grad()
     def token_log_probs(

@@ -216,16 +216,10 @@ class GKDTrainer(
             self._metrics[mode][f"teacher/{label}/tokens"].append(float(tokens))
             self._metrics[mode][f"teacher/{label}/divergence"].append(total / max(tokens, 1))
 
-    def _run_teacher_backbone(self, unwrapped_teacher, input_ids, attention_mask, logits_to_keep):
+    def _run_teacher_backbone(self, prepared, unwrapped, input_ids, attention_mask, logits_to_keep):
         # Through the teacher's own wrapper, so FSDP/DeepSpeed materialize its sharded parameters (as TRL does).
         return self._forward_redirection(
-            self.teacher_model,
-            unwrapped_teacher,
-            self._get_last_hidden_state,
-            unwrapped_teacher,
-            input_ids,
-            attention_mask,
-            logits_to_keep,
+            prepared, unwrapped, self._get_last_hidden_state, unwrapped, input_ids, attention_mask, logits_to_keep
         )
 
     # ------------------------------------------------------------------------------------------------------------------
