@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..lab.experiments import EXPERIMENTS
 from . import UsageError
 
 
@@ -36,7 +37,13 @@ def register(subparsers) -> None:
         nargs="+",
         default=None,
         metavar="NAME",
-        help="subset of: compounding modes ablation spin tip (default: all)",
+        help=f"subset of: {' '.join(EXPERIMENTS)} (default: all)",
+    )
+    parser.add_argument(
+        "--from-results",
+        metavar="FILE",
+        default=None,
+        help="re-render the report from a results.json written by an earlier run (runs nothing)",
     )
     parser.set_defaults(func=run_lab_command, size="quick")
 
@@ -45,9 +52,19 @@ def run_lab_command(args: argparse.Namespace) -> int:
     import os
 
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    if args.from_results:
+        from ..lab import load_results, write_report
+
+        try:
+            results = load_results(args.from_results)
+        except FileNotFoundError as error:
+            raise UsageError(str(error)) from None
+        print(f"report: {write_report(results, args.output)}")
+        return 0
+
     from tqdm.auto import tqdm
 
-    from ..lab import EXPERIMENTS, SIZES, count_runs, run_lab, write_report
+    from ..lab import SIZES, count_runs, run_lab, write_report
 
     experiments = args.experiments or list(EXPERIMENTS)
     unknown = sorted(set(experiments) - set(EXPERIMENTS))
@@ -59,6 +76,5 @@ def run_lab_command(args: argparse.Namespace) -> int:
     command = "trl-opd lab --" + size.name + (f" --seed {args.seed}" if args.seed else "")
     if args.experiments:
         command += " --experiments " + " ".join(experiments)
-    path = write_report(results, args.output, command)
-    print(f"report: {path}")
+    print(f"report: {write_report(results, args.output, command)}")
     return 0

@@ -1,0 +1,157 @@
+"""What every experiment of one lab run shares: the tokenizer, the tasks, the teachers (trained once, lazily), GKD on
+the chain task, and the evaluation of a student on its own rollouts."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+
+import torch
+
+from .settings import LabSize
+from .tasks import BimodalTask, ChainTask, make_chain_teacher, make_student, make_teacher, sample_texts, tokenizer
+
+
+def quiet(trainer):
+    """``trainer`` without its printing and progress-bar callbacks."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    for callback in (PrinterCallback, ProgressCallback):
+        trainer.remove_callback(callback)
+    return trainer
+
+
+def training_args(out, seed, **kw) -> dict:
+    """The keyword arguments every lab trainer config shares (CPU, fp32, no saving, no progress bars)."""
+    return dict(
+        output_dir=out,
+        seed=seed,
+        bf16=False,
+        use_cpu=True,
+        gradient_checkpointing=False,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=10,
+        disable_tqdm=True,
+        **kw,
+    )
+
+
+class Lab:
+    """Holds the tokenizer, the tasks and the teachers (trained once, lazily) for one lab run."""
+
+    def __init__(self, size: LabSize, seed: int = 0, progress=None):
+        torch.set_num_threads(1)
+        import datasets
+        import transformers
+
+        datasets.disable_progress_bars()
+        transformers.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+        self.size, self.seed, self.progress = size, seed, progress
+        self.tok = tokenizer()
+        self.chain, self.bimodal = ChainTask(), BimodalTask()
+        self._chain_teacher = self._bimodal_teacher = None
+        self.teachers: dict[str, dict] = {}
+
+    def tick(self, label):
+        if self.progress is not None:
+            self.progress.set_postfix_str(label)
+            self.progress.update(1)
+
+    # ------------------------------------------------------------------------------------------------ teachers
+    def chain_teacher(self):
+        if self._chain_teacher is None:
+            T = max(max(self.size.horizons), self.size.ablation_T)
+            start = time.perf_counter()
+            model, losses = make_chain_teacher(self.tok, self.chain, T, self.size.teacher_steps, seed=self.seed)
+            self.teachers["chain"] = {
+                "params": sum(p.numel() for p in model.parameters()),
+                "steps": self.size.teacher_steps,
+                "T": T,
+                "final_loss": losses[-1],
+                "seconds": time.perf_counter() - start,
+                **{
+                    f"T={t}": self.chain_eval(model, t, self.seed)
+                    for t in sorted({*self.size.horizons, self.size.ablation_T})
+                },
+            }
+            self._chain_teacher = model
+        return self._chain_teacher
+
+    def bimodal_teacher(self):
+        if self._bimodal_teacher is None:
+            model, _losses = make_teacher(
+                self.tok, self.bimodal.texts(), max(100, self.size.teacher_steps // 8), seed=self.seed
+            )
+            self.teachers["bimodal"] = {
+                "params": sum(p.numel() for p in model.parameters()),
+                **self.bimodal.mass(model, self.tok),
+            }
+            self._bimodal_teacher = model
+        return self._bimodal_teacher
+
+    # ------------------------------------------------------------------------------------------------ evaluation
+    def rollouts(self, model, T, seed):
+        return sample_texts(model, self.tok, self.chain.prompts(), T, self.size.samples_per_prompt, seed)
+
+    def chain_eval(self, model, T, seed):
+        return self.chain.score(*self.rollouts(model, T, seed), T)
+
+    def own_divergence(self, student, T, seed, divergence="jsd", per_prompt=4):
+        """Token-mean divergence to the teacher on the student's own samples (``per_prompt`` per prompt), measured
+        outside the trainer so that TIP's weights do not enter it."""
+        from trl_opd.evaluation import mean_divergence
+
+        prompts, texts = sample_texts(student, self.tok, self.chain.prompts(), T, per_prompt, seed + 7)
+        prompt_ids, text_ids = (
+            [self.tok(x, add_special_tokens=False)["input_ids"] for x in xs] for xs in (prompts, texts)
+        )
+        return mean_divergence(student, self.chain_teacher(), prompt_ids, text_ids, divergence, beta=0.5)
+
+    # ------------------------------------------------------------------------------------------------ GKD on the chain
+    def gkd_chain(self, T, lmbda, divergence, seed, token_importance=None, steps=None, lr=None, batch=None):
+        """One student (``size.student``) distilled by GKDTrainer on the chain at length T: (record, student)."""
+        from trl_opd import GKDConfig, GKDTrainer
+
+        teacher = self.chain_teacher()
+        batch = batch or self.size.gkd_batch
+        dataset = self.chain.dataset(T, repeat=max(1, -(-4 * batch // 20)))
+        with tempfile.TemporaryDirectory() as out:
+            args = GKDConfig(
+                **training_args(
+                    out,
+                    seed,
+                    max_steps=steps or self.size.gkd_steps,
+                    per_device_train_batch_size=batch,
+                    per_device_eval_batch_size=32,
+                    max_completion_length=T,
+                    learning_rate=lr or self.size.gkd_lr,
+                    lmbda=lmbda,
+                    divergence=divergence,
+                    beta=0.5,
+                )
+            )
+            student = make_student(self.tok, seed, **self.size.student)
+            trainer = quiet(
+                GKDTrainer(
+                    model=student,
+                    teacher_model=teacher,
+                    args=args,
+                    train_dataset=dataset,
+                    eval_dataset=self.chain.dataset(T),
+                    processing_class=self.tok,
+                    token_importance=token_importance,
+                )
+            )
+            start = time.perf_counter()
+            trainer.train()
+            record = {
+                "T": T,
+                "lmbda": lmbda,
+                "divergence": divergence,
+                "seed": seed,
+                "train_seconds": time.perf_counter() - start,
+                "on_policy_divergence": trainer.evaluate()["eval_loss"],
+            }
+        return record, student

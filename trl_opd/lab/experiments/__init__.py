@@ -1,0 +1,33 @@
+"""The lab's experiments, one module each, and the registry that drives both the run and the report.
+
+Each module owns its ``run``, its ``verdict``, its report ``section`` (tables and plot) and its run count, and exports
+them as an :class:`~trl_opd.lab.experiments.base.Experiment`. ``EXPERIMENTS`` maps each name to its record, in the
+order the lab runs and reports them. Importing the registry loads no torch (each ``run`` imports what it needs), so
+the command line lists the experiments at once.
+"""
+
+from __future__ import annotations
+
+from . import ablation, compounding, modes, spin, tip
+from .base import Experiment
+
+
+EXPERIMENTS: dict[str, Experiment] = {
+    module.EXPERIMENT.name: module.EXPERIMENT for module in (compounding, modes, ablation, spin, tip)
+}
+
+
+def count_runs(size, experiments) -> int:
+    """Progress ticks of a lab run of ``experiments`` at ``size``, from each experiment's own settings."""
+    return sum(EXPERIMENTS[name].count_runs(size, experiments) for name in EXPERIMENTS if name in experiments)
+
+
+def __getattr__(name):
+    if name == "RandomTokenImportance":  # its 0.1 import path; it lives in trl_opd.lab.controls (imports torch)
+        from ..controls import RandomTokenImportance
+
+        return RandomTokenImportance
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["EXPERIMENTS", "Experiment", "RandomTokenImportance", "count_runs"]

@@ -1,0 +1,135 @@
+"""Experiment 4: SPIN rounds from an SFT start on the chain task, the task error measured after each round."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import itertools
+import tempfile
+
+from ..plots import pyplot, save, verdict_lines
+from ..stats import fmt, mean
+from .base import Experiment
+
+
+NAME = "spin"
+
+
+def run(lab, earlier=None, seeds=None, rounds=None) -> dict:
+    from trl_opd import SPINConfig, SPINTrainer
+    from trl_opd.tiny import train_causal_lm
+
+    from ..context import training_args
+    from ..tasks import make_student
+
+    size = lab.size
+    T = size.ablation_T
+    n_rounds = rounds or size.spin_rounds
+    runs = []
+    texts = [p + lab.chain.completion(p, T) for p in lab.chain.prompts()]
+    for seed in size.all_seeds if seeds is None else seeds:
+        student = make_student(lab.tok, seed, **size.student)
+        # SPIN starts from a supervised model: plain next-token training on the dataset, stopped early
+        train_causal_lm(
+            student, lab.tok, texts, steps=size.spin_sft_steps, lr=size.spin_sft_lr, batch_size=16, seed=seed
+        )
+        with tempfile.TemporaryDirectory() as out:
+            args = SPINConfig(
+                **training_args(
+                    out,
+                    seed,
+                    max_steps=size.spin_steps,
+                    per_device_train_batch_size=16,
+                    learning_rate=size.spin_lr,
+                    max_rounds=n_rounds,
+                    max_completion_length=T,
+                    num_saturation_samples=16,
+                    beta=size.spin_beta,
+                )
+            )
+            trainer = SPINTrainer(
+                model=student, args=args, train_dataset=lab.chain.dataset(T, repeat=4), processing_class=lab.tok
+            )
+            history_rounds = [{"round": 0, **lab.chain_eval(trainer.model, T, seed)}]
+            # one round at a time so the task error is measured after each
+            for k in range(1, n_rounds + 1):
+                trainer.args.max_rounds = k
+                with contextlib.redirect_stdout(io.StringIO()):  # the round's DPOTrainer prints its logs
+                    history = trainer.train(resume=k > 1)
+                last = history[-1]
+                history_rounds.append(
+                    {
+                        "round": k,
+                        "reward_margin": last.get("reward_margin"),
+                        "kl": last.get("kl"),
+                        "loss_end": last.get("loss_end"),
+                        "saturated": last.get("saturated"),
+                        **lab.chain_eval(trainer.model, T, seed),
+                    }
+                )
+                lab.tick(f"spin round {k} seed={seed}")
+                if last.get("saturated"):
+                    break
+        runs.append({"seed": seed, "rounds": history_rounds})
+    return {"T": T, "runs": runs, "sft_steps": size.spin_sft_steps, "steps_per_round": size.spin_steps}
+
+
+def count_runs(size, experiments) -> int:
+    return len(size.all_seeds) * size.spin_rounds
+
+
+def verdict(tok_means) -> str:
+    """From the mean token error by round (round 0 = the SFT start)."""
+    gains = [a - b for a, b in itertools.pairwise(tok_means)]
+    if not gains:
+        return "inconclusive (no round ran)"
+    best = tok_means[0] - min(tok_means[1:])
+    text = "gains per round " + ", ".join(f"{g:+.3f}" for g in gains)
+    if best < 0.02:
+        return (
+            f"disagrees: no round improves the SFT start by 0.02 (token error {tok_means[0]:.3f} before, best "
+            f"{min(tok_means[1:]):.3f} after; {text})"
+        )
+    if gains[0] >= 0.5 * best and all(abs(g) < 0.5 * gains[0] for g in gains[1:]):
+        return f"agrees: the first round gains most, later rounds are flat ({text})"
+    return f"partly agrees: SPIN improves the SFT start by {best:.3f}, but not first-round-first then flat ({text})"
+
+
+def section(res, out, results=None):
+    runs, T = res["runs"], res["T"]
+    n = max(len(r["rounds"]) for r in runs)
+    lines = [
+        "## 4. SPIN: improvement per round",
+        "",
+        (
+            f"Chain task, T = {T}. The student (1 layer, hidden 32) is first trained by supervised next-token learning "
+            f"on the dataset for {res['sft_steps']} steps (stopped early, as SPIN starts from an SFT model); then each "
+            f"round ({res['steps_per_round']} DPO steps) plays it against its previous iterate: the dataset's "
+            "completions are 'chosen', its own samples 'rejected'. Round 0 = the SFT start."
+        ),
+        "",
+        "| round | sequence error | token error | reward margin | KL(θ_k‖θ_k-1) | saturated |",
+        "|---|---|---|---|---|---|",
+    ]
+    tok_means = []
+    for k in range(n):
+        rs = [r["rounds"][k] for r in runs if len(r["rounds"]) > k]
+        tok_means.append(mean([r["token_error"] for r in rs]))
+        sat = "n/a" if k == 0 else f"{sum(bool(r.get('saturated')) for r in rs)}/{len(rs)}"
+        lines.append(
+            f"| {k} | {fmt([r['sequence_error'] for r in rs])} | {fmt([r['token_error'] for r in rs])} | "
+            f"{fmt([r.get('reward_margin') for r in rs])} | {fmt([r.get('kl') for r in rs])} | {sat} |"
+        )
+    text = verdict(tok_means)
+    lines += ["", "Seed's prediction: fast improvement, then flat (saturation).", "", *verdict_lines(text, "spin")]
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for r in runs:
+        ax.plot([x["round"] for x in r["rounds"]], [x["token_error"] for x in r["rounds"]], color="0.7", lw=0.8)
+    ax.plot(range(n), tok_means, marker="o", color="C0", label="mean")
+    ax.set_xlabel("round (0 = SFT start)"), ax.set_ylabel("token error"), ax.set_title("SPIN"), ax.legend()
+    save(fig, out, "spin")
+    return lines, {"verdict": text, "token_error_by_round": tok_means}
+
+
+EXPERIMENT = Experiment(NAME, run, section, count_runs)

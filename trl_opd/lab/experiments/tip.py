@@ -1,0 +1,182 @@
+"""Experiment 5: TIP. GKD (λ = 1, JSD) with TokenImportance(top_fraction) at each kept fraction, against the control:
+the same fractions of tokens kept at random (RandomTokenImportance)."""
+
+from __future__ import annotations
+
+from ..plots import pyplot, save, verdict_lines
+from ..stats import fmt, mean, mean_std
+from .base import Experiment
+
+
+NAME = "tip"
+TIP_MARGIN = 0.03  # token error: closer than this counts as "the same"
+SELECTIONS = (("all", "all tokens"), ("top", "TIP top {}"), ("random", "random {}"))
+TIP_PRED = {"all": "reference", "top": "close to all tokens", "random": "worse than TIP top (implied)"}
+
+
+def cells(fractions, random_fractions) -> list[tuple[str, float]]:
+    """``(selection, kept fraction)`` of every run per seed: TIP's top fractions (1.0 = all tokens) and the control."""
+    out = [("all" if f >= 1.0 else "top", f) for f in fractions]
+    return out + [("random", f) for f in random_fractions if f < 1.0]
+
+
+def run(lab, earlier=None, fractions=None, random_fractions=None, seeds=None) -> dict:
+    """Each cell trained on the chain at T = ``ablation_T``; the all-tokens run is the ablation's (JSD, λ = 1) run
+    when the ablation ran first. JSD to the teacher is measured on the student's own samples, outside the trainer."""
+    from ...hooks import TokenImportance
+    from ..controls import RandomTokenImportance
+
+    size = lab.size
+    T = size.ablation_T
+    fractions = size.tip_fractions if fractions is None else fractions
+    random_fractions = size.tip_random_fractions if random_fractions is None else random_fractions
+    ablation = (earlier or {}).get("ablation") or {}
+    reuse = {
+        r["seed"]: r for r in ablation.get("runs", []) if r["divergence"] == "jsd" and r["lmbda"] == 1.0 and r["T"] == T
+    }
+    runs = []
+    for seed in seeds or size.seeds:
+        for selection, fraction in cells(fractions, random_fractions):
+            if selection == "all":
+                if seed in reuse:
+                    runs.append({"keep_fraction": fraction, "selection": selection, **reuse[seed]})
+                    continue
+                hook = None
+            elif selection == "top":
+                hook = TokenImportance(mode="top_fraction", keep_fraction=fraction)
+            else:
+                hook = RandomTokenImportance(keep_fraction=fraction, seed=seed)
+            record, student = lab.gkd_chain(T, 1.0, "jsd", seed, token_importance=hook)
+            record.update(lab.chain_eval(student, T, seed), own_jsd=lab.own_divergence(student, T, seed))
+            runs.append({"keep_fraction": fraction, "selection": selection, **record})
+            lab.tick(f"tip {selection} keep={fraction} seed={seed}")
+    return {"T": T, "runs": runs}
+
+
+def count_runs(size, experiments) -> int:
+    reused = "ablation" in experiments and 1.0 in size.tip_fractions
+    return len(size.seeds) * (len(cells(size.tip_fractions, size.tip_random_fractions)) - reused)
+
+
+def _pct(fraction) -> str:
+    return f"{fraction * 100:.0f} %"
+
+
+def rows(runs) -> list[tuple[str, str, float, list[dict]]]:
+    """``[(label, selection, kept fraction, runs)]``: all tokens, then TIP's top and the random control by fraction."""
+    out = []
+    for f in sorted({r["keep_fraction"] for r in runs}, reverse=True):
+        for selection, label in SELECTIONS:
+            rs = [r for r in runs if r["keep_fraction"] == f and r["selection"] == selection]
+            if rs:
+                out.append((label.format(_pct(f)), selection, f, rs))
+    return out
+
+
+def verdict(tok, div=None) -> str:
+    """``tok`` (and ``div``, the JSD on own samples): mean over seeds by ``(selection, kept fraction)``, selection
+    ``"all"`` (fraction 1), ``"top"`` (TIP) or ``"random"`` (the control). Judged at 50 % (or the largest fraction
+    below 1 with a control): TIP's selection against all tokens and against random selection, margin 0.03 in token
+    error."""
+    full = tok.get(("all", 1.0))
+    tops = sorted((f for s, f in tok if s == "top" and f < 1.0), reverse=True)
+    if full is None or not tops:
+        return "inconclusive (no all-tokens run or no TIP run below 100 %)"
+    paired = [f for f in tops if ("random", f) in tok]
+    f = 0.5 if 0.5 in paired else (paired[0] if paired else tops[0])
+    top, rnd = tok["top", f], tok.get(("random", f))
+    p = _pct(f)
+    facts = [
+        f"token error TIP top-{p} {top:.3f}"
+        + (f", random {p} {rnd:.3f}" if rnd is not None else "")
+        + f", all tokens {full:.3f}"
+    ]
+    for g in tops:
+        if g != f and ("random", g) in tok:
+            facts.append(f"at {_pct(g)}: top {tok['top', g]:.3f} vs random {tok['random', g]:.3f}")
+    if div and ("top", f) in div and ("all", 1.0) in div:
+        facts.append(
+            f"JSD on own samples top-{p} {div['top', f]:.4f}"
+            + (f", random {p} {div['random', f]:.4f}" if ("random", f) in div else "")
+            + f", all {div['all', 1.0]:.4f}"
+        )
+    facts = "; ".join(facts)
+    close_all = top <= full + TIP_MARGIN
+    if rnd is None:  # no control: against all tokens only
+        return ("agrees: " if close_all else "disagrees: ") + facts
+    if close_all and top < rnd - TIP_MARGIN:
+        return f"agrees: TIP's top-{p} selection loses little against all tokens and beats a random {p} ({facts})"
+    if close_all:
+        return (
+            f"partly agrees: keeping {p} of the tokens loses little, but TIP's selection is no better than a "
+            f"random {p} ({facts})"
+        )
+    if top < rnd - TIP_MARGIN:
+        return f"partly agrees: TIP's top-{p} selection beats a random {p} but loses against all tokens ({facts})"
+    if top > rnd + TIP_MARGIN:
+        return (
+            f"disagrees: TIP's top-{p} selection is worse than a random {p} and than all tokens"
+            + ("" if rnd <= full + TIP_MARGIN else " (a random selection loses too)")
+            + f" ({facts})"
+        )
+    return (
+        f"disagrees: keeping {p} of the tokens loses against all tokens and TIP's selection is no better than a "
+        f"random {p} ({facts})"
+    )
+
+
+def section(res, out, results=None):
+    runs, T = res["runs"], res["T"]
+    table = rows(runs)
+    lines = [
+        "## 5. TIP: fraction of tokens trained",
+        "",
+        (
+            f"Chain task, T = {T}, GKD λ = 1, JSD(β = 0.5). **TIP top f**: TokenImportance(top_fraction) trains only "
+            "the share f of each micro-batch's completion tokens with the highest score (1 − H_T / log V) · D (the "
+            "tutorial's: teacher confident, student off). **random f**, the control: the same share of tokens, "
+            "chosen uniformly at random (RandomTokenImportance in `trl_opd/lab/controls.py`). Both rescale the "
+            "kept tokens' weights to mean 1. All tokens is the ablation's (JSD, λ = 1) run. JSD to the teacher is "
+            "measured on the student's own samples, outside the trainer."
+        ),
+        "",
+        "| trained tokens | seed's prediction | JSD on own samples | sequence error | token error |",
+        "|---|---|---|---|---|",
+    ]
+    div, tok = {}, {}
+    for label, selection, f, rs in table:
+        div[selection, f] = mean([r["own_jsd"] for r in rs])
+        tok[selection, f] = mean([r["token_error"] for r in rs])
+        lines.append(
+            f"| {label} | {TIP_PRED[selection]} | {fmt([r['own_jsd'] for r in rs], 4)} | "
+            f"{fmt([r['sequence_error'] for r in rs])} | {fmt([r['token_error'] for r in rs])} |"
+        )
+    text = verdict(tok, div)
+    lines += [
+        "",
+        (
+            "Seed's prediction: the informative tokens carry the signal: keeping a fraction of them loses little "
+            "(so TIP's selection should stay close to all tokens, and beat a random selection of the same size)."
+        ),
+        "",
+        *verdict_lines(text, "tip"),
+    ]
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for selection, label in (("top", "TIP top fraction"), ("random", "random fraction")):
+        pts = [(f, rs) for _, s, f, rs in table if s in (selection, "all")]
+        if not any(s == selection for _, s, _, _ in table):
+            continue
+        for ax, key in zip(axes, ("token_error", "own_jsd"), strict=True):
+            ms = [mean_std([r[key] for r in rs]) for _, rs in pts]
+            ax.errorbar(
+                [f for f, _ in pts], [m for m, _ in ms], yerr=[s for _, s in ms], marker="o", capsize=3, label=label
+            )
+    for ax, ylabel in zip(axes, ("token error", "JSD on own samples"), strict=True):
+        ax.set_xlabel("kept fraction"), ax.set_ylabel(ylabel), ax.legend(fontsize=7)
+    axes[0].set_title("TIP vs random selection")
+    save(fig, out, "tip")
+    return lines, {"verdict": text}
+
+
+EXPERIMENT = Experiment(NAME, run, section, count_runs)

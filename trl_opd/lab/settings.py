@@ -1,0 +1,81 @@
+"""The lab's sizes (``--smoke``, ``--quick``, ``--full``) and the factor levels every experiment shares."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+RESULTS_SCHEMA = 1  # results.json layout (0, no "schema" key: per-horizon values keyed by str(T))
+LAMBDAS = (0.0, 0.5, 1.0)  # the on-policy probabilities compared by compounding and the ablation
+GKD_DIVERGENCES = ("fkl", "rkl", "jsd")  # the ablation's divergences
+MODE_METHODS = ("fkl", "jsd", "rkl", "minillm")  # the modes experiment: GKD's three divergences and MiniLLM
+
+
+@dataclass
+class LabSize:
+    name: str
+    seeds: list[int]  # every experiment
+    cheap_seeds: list[int] = field(default_factory=list)  # added to ``seeds`` for the cheap ones (modes, SPIN)
+    # compounding: one student per (λ, seed) trained on T_max-digit completions, its errors counted over each horizon
+    horizons: list[int] = field(default_factory=lambda: [5, 10, 20, 40])
+    compounding_steps: int = 450
+    compounding_lr: float = 3e-3
+    compounding_batch: int = 8
+    teacher_steps: int = 700
+    # ablation and TIP: chain at T = ablation_T, hidden-32 student
+    ablation_T: int = 10
+    gkd_steps: int = 150
+    gkd_lr: float = 1e-2
+    gkd_batch: int = 16
+    student: dict = field(default_factory=lambda: {"hidden_size": 32, "num_heads": 4})
+    # modes: bigram student (0 layers)
+    modes_steps: int = 160
+    modes_lr: float = 3e-2
+    # SPIN: student first trained by SFT on the dataset, then rounds
+    spin_sft_steps: int = 300
+    spin_sft_lr: float = 3e-3
+    spin_rounds: int = 4
+    spin_steps: int = 40
+    spin_lr: float = 1e-4  # 5e-4 moved each round ~2 nats of KL and undid the SFT start (likelihood displacement)
+    spin_beta: float = 0.5
+    tip_fractions: list[float] = field(default_factory=lambda: [1.0, 0.5, 0.2])
+    # the control: the same share of tokens kept at random (RandomTokenImportance)
+    tip_random_fractions: list[float] = field(default_factory=lambda: [0.5, 0.2])
+    samples_per_prompt: int = 32
+
+    @property
+    def all_seeds(self) -> list[int]:
+        return self.seeds + [s for s in self.cheap_seeds if s not in self.seeds]
+
+
+SIZES = {
+    "smoke": LabSize(
+        "smoke",
+        seeds=[0],
+        horizons=[3, 6],
+        compounding_steps=4,
+        teacher_steps=60,
+        ablation_T=3,
+        gkd_steps=4,
+        modes_steps=4,
+        spin_sft_steps=4,
+        spin_rounds=2,
+        spin_steps=2,
+        tip_fractions=[1.0, 0.5],
+        tip_random_fractions=[0.5],
+        samples_per_prompt=2,
+    ),
+    "quick": LabSize("quick", seeds=[0, 1], cheap_seeds=[2]),
+    "full": LabSize(
+        "full",
+        seeds=[0, 1, 2],
+        cheap_seeds=[3, 4],
+        compounding_steps=1000,
+        teacher_steps=1500,
+        gkd_steps=300,
+        gkd_lr=5e-3,
+        modes_steps=300,
+        spin_rounds=6,
+        samples_per_prompt=64,
+    ),
+}
