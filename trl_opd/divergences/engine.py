@@ -342,12 +342,10 @@ def chunked_per_token_divergence(
         ``(N,)`` float32 divergences (weighted when ``token_weights`` is given), then, when asked, the ``(N,)`` student
         entropies and the ``(N,)`` teacher entropies, in that order.
     """
-    _check_head_kwargs(head_kwargs)
-    student = _as_head(student_weight, "student", head_kwargs)
-    spec = _make_spec(
+    student, spec = _prepare(
         student_hidden,
-        student,
         teacher_hidden,
+        student_weight,
         teacher_weight,
         head_kwargs,
         divergence,
@@ -392,12 +390,10 @@ def chunked_divergence_loss(
         ``(loss, values, student_entropy)``: the scalar loss (differentiable), and the ``(N,)`` per-token divergences
         and student entropies (detached), e.g. for logging or a curriculum.
     """
-    _check_head_kwargs(head_kwargs)
-    student = _as_head(student_weight, "student", head_kwargs)
-    spec = _make_spec(
+    student, spec = _prepare(
         student_hidden,
-        student,
         teacher_hidden,
+        student_weight,
         teacher_weight,
         head_kwargs,
         divergence,
@@ -416,10 +412,13 @@ def chunked_divergence_loss(
     )
 
 
-def _check_head_kwargs(head_kwargs: dict) -> None:
+def _prepare(student_hidden, teacher_hidden, student_weight, teacher_weight, head_kwargs, *spec_args):
+    """The student's :class:`LMHead` and the :class:`_ChunkSpec` of a call of the public functions."""
     unknown = set(head_kwargs) - {f"{role}_{k}" for role in ("student", "teacher") for k in _HEAD_KWARGS}
     if unknown:
         raise TypeError(f"Unexpected keyword arguments {sorted(unknown)}.")
+    student = _as_head(student_weight, "student", head_kwargs)
+    return student, _make_spec(student_hidden, student, teacher_hidden, teacher_weight, head_kwargs, *spec_args)
 
 
 @torch.no_grad()

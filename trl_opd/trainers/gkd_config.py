@@ -62,19 +62,11 @@ class GKDConfig(TeacherArguments, PromptArguments, FiniteGuardArguments, Distill
             λ used during evaluation. The default scores the student on its own samples: the eval loss is then the
             divergence to the teacher on the student's own distribution.
 
-        > Parameters shared by trl-opd's trainers (defined in `trl_opd.trainers.teacher_args`, `.prompts`, `.guard`)
+        > Parameters shared by trl-opd's trainers (documented where they are defined)
 
-        compatibility_check (`str`, *optional*, defaults to `"error"`):
-            A blocking teacher/student mismatch found at init (tokenizer, chat template, EOS id, head sizes) refuses to
-            train (`"error"`) or is logged (`"warn"`).
-        max_prompt_length (`int`, *optional*):
-            Left-truncate prompts to this many tokens (counted in `prompts/truncated`); by default a prompt that leaves
-            no room for `max_completion_length` in the model's context is refused.
-        nonfinite_policy (`str`, *optional*, defaults to `"stop"`):
-            A NaN/inf loss, gradient, reward or teacher output stops the run naming it (`"stop"`) or drops that
-            optimizer step and counts it (`"skip"`).
-        max_nonfinite_skips (`int`, *optional*, defaults to `3`):
-            With `"skip"`: stop after this many consecutive skipped steps.
+        `compatibility_check`, `teacher_top_k`, `teacher_cache` ([`trl_opd.trainers.teacher_args.TeacherArguments`]),
+        `max_prompt_length` ([`trl_opd.trainers.prompts.PromptArguments`]), `nonfinite_policy`, `max_nonfinite_skips`
+        ([`trl_opd.trainers.guard.FiniteGuardArguments`]).
 
     > [!NOTE]
     > As in TRL, `bf16` defaults to `True` and `gradient_checkpointing` to `True`; on CPU set `bf16=False` and

@@ -64,19 +64,11 @@ class MiniLLMConfig(TeacherArguments, PromptArguments, FiniteGuardArguments, GRP
             ExOPD / G-OPD: the per-token reward becomes `λ·(log p_T − log π_ref) − (log p_θ − log π_ref)`, where π_ref
             is the student's base model (with PEFT: the same weights with the adapter disabled, no copy) or the
             `ref_model` given to the trainer. `λ = 1` is plain reverse KL; `λ > 1` extrapolates past the teacher.
-        > Parameters shared by trl-opd's trainers (defined in `trl_opd.trainers.teacher_args`, `.prompts`, `.guard`)
+        > Parameters shared by trl-opd's trainers (documented where they are defined)
 
-        compatibility_check (`str`, *optional*, defaults to `"error"`):
-            A blocking teacher/student mismatch found at init (tokenizer, chat template, EOS id, head sizes) refuses to
-            train (`"error"`) or is logged (`"warn"`).
-        max_prompt_length (`int`, *optional*):
-            Left-truncate prompts to this many tokens (counted in `prompts/truncated`); by default a prompt that leaves
-            no room for `max_completion_length` in the model's context is refused.
-        nonfinite_policy (`str`, *optional*, defaults to `"stop"`):
-            A NaN/inf loss, gradient, reward or teacher output stops the run naming it (`"stop"`) or drops that
-            optimizer step and counts it (`"skip"`).
-        max_nonfinite_skips (`int`, *optional*, defaults to `3`):
-            With `"skip"`: stop after this many consecutive skipped steps.
+        `compatibility_check`, `teacher_top_k`, `teacher_cache` ([`trl_opd.trainers.teacher_args.TeacherArguments`]),
+        `max_prompt_length` ([`trl_opd.trainers.prompts.PromptArguments`]), `nonfinite_policy`, `max_nonfinite_skips`
+        ([`trl_opd.trainers.guard.FiniteGuardArguments`]).
 
     """
 
