@@ -342,20 +342,8 @@ def chunked_per_token_divergence(
         ``(N,)`` float32 divergences (weighted when ``token_weights`` is given), then, when asked, the ``(N,)`` student
         entropies and the ``(N,)`` teacher entropies, in that order.
     """
-    student, spec = _prepare(
-        student_hidden,
-        teacher_hidden,
-        student_weight,
-        teacher_weight,
-        head_kwargs,
-        divergence,
-        beta,
-        temperature,
-        vocab_size,
-        chunk_size,
-        teacher_top_k,
-        return_teacher_entropy,
-    )
+    spec_args = (divergence, beta, temperature, vocab_size, chunk_size, teacher_top_k, return_teacher_entropy)
+    student, spec = _prepare(student_hidden, teacher_hidden, student_weight, teacher_weight, head_kwargs, *spec_args)
     values, entropy, teacher_entropy = _ChunkedDivergence.apply(student_hidden, student.weight, student.bias, spec)
     if token_weights is not None:
         values = values * token_weights.to(values.dtype)
@@ -390,20 +378,8 @@ def chunked_divergence_loss(
         ``(loss, values, student_entropy)``: the scalar loss (differentiable), and the ``(N,)`` per-token divergences
         and student entropies (detached), e.g. for logging or a curriculum.
     """
-    student, spec = _prepare(
-        student_hidden,
-        teacher_hidden,
-        student_weight,
-        teacher_weight,
-        head_kwargs,
-        divergence,
-        beta,
-        temperature,
-        vocab_size,
-        chunk_size,
-        teacher_top_k,
-        False,
-    )
+    spec_args = (divergence, beta, temperature, vocab_size, chunk_size, teacher_top_k, False)
+    student, spec = _prepare(student_hidden, teacher_hidden, student_weight, teacher_weight, head_kwargs, *spec_args)
     if token_weights is None:
         token_weights = torch.ones(student_hidden.shape[0], device=student_hidden.device)
     normalizer = normalizer.to(student_hidden.device).float() if torch.is_tensor(normalizer) else float(normalizer)

@@ -40,36 +40,14 @@ def distillation_loss(
     side's gradient is computed in its forward pass (the fused loss). ``per_side``: ``{label: (Σ D, tokens)}``.
     """
     n = h_s.shape[0]
-    common = dict(vocab_size=vocab_size)
-    runs = []
+    fused = weigh is None
+    call = chunked_divergence_loss if fused else chunked_per_token_divergence
+    extra = {"normalizer": normalizer} if fused else {"return_entropy": True, "return_teacher_entropy": True}
+    outputs, rows_of, per_side = [], [], {}
     for side in sides:
         rows = slice(None) if _covers_in_order(side, n) else side.positions
         k = top_k if side.targets is None else None  # precomputed targets are top-k already
-        runs.append((side, rows, dict(common, teacher_top_k=k)))
-    per_side = {}
-    if weigh is None:
-        loss = h_s.new_zeros((), dtype=torch.float32)
-        values = torch.zeros(n, device=h_s.device)
-        entropy = torch.zeros(n, device=h_s.device)
-        for side, rows, kwargs in runs:
-            part_loss, part_values, part_entropy = chunked_divergence_loss(
-                h_s[rows],
-                side.teacher,
-                student_head,
-                side.head,
-                divergence,
-                beta,
-                temperature,
-                normalizer=normalizer,
-                **kwargs,
-            )
-            loss = loss + part_loss
-            values[rows], entropy[rows] = part_values, part_entropy
-            per_side[side.label] = (float(part_values.sum()), part_values.numel())
-        return loss, values, entropy, per_side
-    parts = []
-    for side, rows, kwargs in runs:
-        part = chunked_per_token_divergence(
+        out = call(
             h_s[rows],
             side.teacher,
             student_head,
@@ -77,16 +55,24 @@ def distillation_loss(
             divergence,
             beta,
             temperature,
-            return_entropy=True,
-            return_teacher_entropy=True,
-            **kwargs,
+            vocab_size=vocab_size,
+            teacher_top_k=k,
+            **extra,
         )
-        parts.append(part)
-        per_side[side.label] = (float(part[0].detach().sum()), part[0].numel())
-    if len(parts) == 1 and isinstance(runs[0][1], slice):
-        values, entropy, teacher_entropy = parts[0]
-    else:
+        values = out[1] if fused else out[0]
+        per_side[side.label] = (float(values.detach().sum()), values.numel())
+        outputs.append(out)
+        rows_of.append(rows)
+    if fused:  # (loss, values, entropy) per side: the losses add up, the per-token values go back in place
+        loss = sum(out[0] for out in outputs)
+        values, entropy = torch.zeros(n, device=h_s.device), torch.zeros(n, device=h_s.device)
+        for (_, part_values, part_entropy), rows in zip(outputs, rows_of, strict=True):
+            values[rows], entropy[rows] = part_values, part_entropy
+        return loss, values, entropy, per_side
+    if len(outputs) == 1 and isinstance(rows_of[0], slice):
+        values, entropy, teacher_entropy = outputs[0]
+    else:  # differentiable gather back into token order
         inverse = torch.argsort(torch.cat([side.positions for side in sides]))
-        values, entropy, teacher_entropy = (torch.cat([p[i] for p in parts])[inverse] for i in range(3))
+        values, entropy, teacher_entropy = (torch.cat([out[i] for out in outputs])[inverse] for i in range(3))
     weights = weigh(values, teacher_entropy, entropy)
     return (values * weights).sum() / normalizer, values, entropy, per_side

@@ -26,6 +26,7 @@ from ..models import check_left_padding, check_processing_class
 from ..scoring import left_padded
 from ..teachers.cache import row_hash
 from ..teachers.routing import CACHE_ROW_COLUMN, TEACHER_ID_COLUMN
+from .arguments import resolve_args
 from .distillation_loss import distillation_loss
 from .gkd_config import GKDConfig
 from .guard import FiniteGuardMixin
@@ -138,10 +139,7 @@ class GKDTrainer(
         success_func=None,
         teacher_processing_class=None,
     ):
-        if args is None:
-            args = GKDConfig("gkd-output")
-        if not isinstance(args, GKDConfig):
-            raise TypeError(f"args must be a trl_opd.GKDConfig, got {type(args).__name__}.")
+        args = resolve_args(args, GKDConfig, "gkd-output")
         if teacher_model is None:
             teacher_model = args.teacher_model_name_or_path
         if teacher_model is None and args.teacher_cache is None:

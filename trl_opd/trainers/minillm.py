@@ -18,6 +18,7 @@ from ..divergences import LMHead, chunked_per_token_divergence, chunked_token_lo
 from ..models import check_left_padding, check_processing_class
 from ..policy_gradient import minillm_advantages, token_rewards
 from ..scoring import last_hidden_states, left_padded
+from .arguments import resolve_args
 from .guard import FiniteGuardMixin
 from .hooked import HookedTrainerMixin
 from .minillm_config import MiniLLMConfig
@@ -114,10 +115,7 @@ class MiniLLMTrainer(
         prefix_filter=None,
         teacher_processing_class=None,
     ):
-        if args is None:
-            args = MiniLLMConfig("minillm-output")
-        if not isinstance(args, MiniLLMConfig):
-            raise TypeError(f"args must be a trl_opd.MiniLLMConfig, got {type(args).__name__}.")
+        args = resolve_args(args, MiniLLMConfig, "minillm-output")
         if teacher_model is None:
             raise ValueError("MiniLLMTrainer needs a teacher_model (a path or a PreTrainedModel).")
         check_processing_class(model, processing_class)

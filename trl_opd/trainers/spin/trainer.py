@@ -34,6 +34,7 @@ from trl.data_utils import is_conversational
 from ...data import prepare_prompt_completion_dataset
 from ...hooks import FlawedPrefixFilter
 from ...models import disable_bnb_cpu_weight_repacking, load_model, shared_vocab_size
+from ..arguments import resolve_args
 from ..guard import NonFiniteError, nonfinite_trainable_parameters
 from .config import SPINConfig
 from .inputs import DATASET_HINT, load_policy, load_tokenizer, model_max_positions, prompts_within_limits
@@ -128,10 +129,7 @@ class SPINTrainer(PairsMixin):
         prefix_filter: FlawedPrefixFilter | None = None,
         callbacks: list[TrainerCallback] | None = None,
     ):
-        if args is None:
-            args = SPINConfig("spin-output")
-        if not isinstance(args, SPINConfig):
-            raise TypeError(f"args must be a trl_opd.SPINConfig, got {type(args).__name__}.")
+        args = resolve_args(args, SPINConfig, "spin-output")
         if train_dataset is None:
             raise ValueError("SPINTrainer needs a train_dataset with prompts (and completions, the 'chosen' side).")
         if not isinstance(train_dataset, Dataset):
