@@ -277,9 +277,9 @@ class TeacherCache:
             n, k = int(records["n_tokens"][i]), self.top_k
             out.append(
                 TopKTargets(
-                    torch.from_numpy(np.asarray(records["ids"][i], dtype=np.int64)).view(n, k),
-                    torch.from_numpy(np.asarray(records["log_probs"][i], dtype=np.float32)).view(n, k),
-                    torch.from_numpy(np.asarray(records["tail"][i], dtype=np.float32)),
+                    torch.from_numpy(np.array(records["ids"][i], dtype=np.int64)).view(n, k),
+                    torch.from_numpy(np.array(records["log_probs"][i], dtype=np.float32)).view(n, k),
+                    torch.from_numpy(np.array(records["tail"][i], dtype=np.float32)),
                 )
             )
         return out
