@@ -11,7 +11,6 @@ import torch
 from datasets import Dataset, IterableDataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 from trl import DistillationTrainer
-from trl.data_utils import is_conversational
 from trl.models.utils import unwrap_model_for_generation
 
 from ..data import (
@@ -285,22 +284,6 @@ class GKDTrainer(
         self._metrics[mode]["on_policy_fraction"].append(flags.mean().item())
         self._metrics[mode]["num_tokens_trained"].append(float(n_tokens))
         return output
-
-    def _observe_success(self, inputs, output, on_policy, dropped) -> None:
-        """Score the kept on-policy rollouts with `success_func` and queue them as curriculum observations."""
-        rows = [i for i, (flag, drop) in enumerate(zip(on_policy, dropped, strict=True)) if flag and not drop]
-        if not rows:
-            return
-        texts = self._tokenizer.batch_decode(
-            [output["completion_ids"][i][output["completion_mask"][i].bool()] for i in rows], skip_special_tokens=True
-        )
-        prompts = [inputs[i]["prompt"] for i in rows]
-        completions = [[{"role": "assistant", "content": t}] for t in texts] if is_conversational(inputs[0]) else texts
-        columns = {key: [inputs[i][key] for i in rows] for key in inputs[0] if key not in ("prompt", "completion")}
-        scores = torch.tensor(self.success_func(prompts=prompts, completions=completions, **columns), dtype=torch.float)
-        if scores.shape != (len(rows),) or not bool(((scores >= 0) & (scores <= 1)).all()):
-            raise ValueError(f"success_func must return {len(rows)} scores in [0, 1]; got {scores.tolist()}.")
-        self._record_curriculum_observations(output["example_index"][rows], scores)
 
     def _fallback_empty_completions(self, inputs: list[dict], on_policy: list[bool], mode: str) -> list[bool]:
         """Off-policy rows whose dataset completion is empty (possible in streamed datasets) are sampled instead."""

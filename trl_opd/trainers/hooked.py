@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 from accelerate.utils import gather_object
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from trl.data_utils import is_conversational
 
 from ..hooks import FlawedPrefixFilter, PacedCurriculum, TokenImportance
 from ..scoring import completion_token_log_probs, pack, per_row
@@ -114,6 +115,23 @@ class HookedTrainerMixin:
             metrics = self.curriculum.last_batch_metrics()
         for key, value in metrics.items():
             self._metrics["train"][key].append(float(value))
+
+    def _observe_success(self, inputs, output, on_policy, dropped) -> None:
+        """Score the kept on-policy rollouts with `success_func` (GRPO reward-function style) and queue them as
+        curriculum observations."""
+        rows = [i for i, (flag, drop) in enumerate(zip(on_policy, dropped, strict=True)) if flag and not drop]
+        if not rows:
+            return
+        texts = self._tokenizer.batch_decode(
+            [output["completion_ids"][i][output["completion_mask"][i].bool()] for i in rows], skip_special_tokens=True
+        )
+        prompts = [inputs[i]["prompt"] for i in rows]
+        completions = [[{"role": "assistant", "content": t}] for t in texts] if is_conversational(inputs[0]) else texts
+        columns = {key: [inputs[i][key] for i in rows] for key in inputs[0] if key not in ("prompt", "completion")}
+        scores = torch.tensor(self.success_func(prompts=prompts, completions=completions, **columns), dtype=torch.float)
+        if scores.shape != (len(rows),) or not bool(((scores >= 0) & (scores <= 1)).all()):
+            raise ValueError(f"success_func must return {len(rows)} scores in [0, 1]; got {scores.tolist()}.")
+        self._record_curriculum_observations(output["example_index"][rows], scores)
 
     def _curriculum_divergence_observations(self, inputs, loss_mask, values) -> None:
         """The no-verifier proxy: each row's mean per-token divergence D, observed as exp(−D)."""
