@@ -251,7 +251,7 @@ def run(args: argparse.Namespace) -> dict:
     from datasets import Dataset
     from peft import LoraConfig
 
-    import trl_opd.trainers.gkd as gkd_module
+    import trl_opd.trainers.distillation_loss as loss_module  # where GKDTrainer calls the fused chunked loss
     from trl_opd import GKDConfig, GKDTrainer
 
     cuda = torch.cuda.is_available()
@@ -368,7 +368,7 @@ def run(args: argparse.Namespace) -> dict:
 
     # GKDTrainer computes the loss and its gradient in one pass (trl_opd.divergences.chunked_divergence_loss): the
     # loss chunks' peak is the live-memory increase during that call.
-    original_loss = gkd_module.chunked_divergence_loss
+    original_loss = loss_module.chunked_divergence_loss
 
     def measured_loss(*a, **k):
         before = meter.now()
@@ -377,7 +377,7 @@ def run(args: argparse.Namespace) -> dict:
         meter.peaks["loss_delta"] = max(meter.peaks.get("loss_delta", 0), meter.peaks["loss"] - before)
         return out
 
-    gkd_module.chunked_divergence_loss = measured_loss
+    loss_module.chunked_divergence_loss = measured_loss
 
     def opt_pre_hook(optimizer, *_):
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
@@ -407,7 +407,7 @@ def run(args: argparse.Namespace) -> dict:
                 trainer.train()
             train_seconds = time.perf_counter() - start
     finally:
-        gkd_module.chunked_divergence_loss = original_loss
+        loss_module.chunked_divergence_loss = original_loss
         for hook in hooks:
             hook.remove()
 
