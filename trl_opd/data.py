@@ -181,15 +181,30 @@ def check_row_types(row: dict, name: str = "train_dataset", row_index: int | Non
         )
 
 
-def load_dataset_spec(spec: str, split: str | None = None, size: int = 64, seed: int = 0):
+class MissingSplitError(ValueError):
+    """The dataset exists but has no such split (a run may go on without its held-out split)."""
+
+
+#: reasoning-gym splits: the train split is drawn with ``seed``, the test split with ``seed + 1``.
+REASONING_GYM_SPLITS = {"train": 0, "test": 1}
+
+
+def load_dataset_spec(
+    spec: str, split: str | None = None, size: int | None = None, seed: int = 0, config: dict | None = None
+):
     """A dataset named the way the command line names it.
 
     * a folder written by ``datasets.save_to_disk`` (a ``DatasetDict`` folder takes ``split``, default ``"train"``);
-    * a ``.json`` / ``.jsonl`` / ``.parquet`` file (or several, comma-separated), loaded with ``datasets``;
-    * ``reasoning_gym:<task>``: ``size`` items of a reasoning-gym task (``trl_opd.assets.reasoning_gym_dataset``,
-      seeded by ``seed``), offline.
+    * a ``.json`` / ``.jsonl`` / ``.parquet`` file (or several, comma-separated), loaded with ``datasets``: its rows are
+      the ``"train"`` split;
+    * ``reasoning_gym:<task>``: ``size`` items (default 64) of a reasoning-gym task
+      (``trl_opd.assets.reasoning_gym_dataset`` with the task settings ``config``), offline; the ``"train"`` split is
+      drawn with ``seed`` and the ``"test"`` split with ``seed + 1``.
+
+    ``size`` keeps the first ``size`` rows of a folder or file (all by default).
 
     Raises:
+        MissingSplitError: the dataset has no split ``split`` (naming the splits it has).
         ValueError: naming the accepted forms when ``spec`` is none of them.
     """
     import os
@@ -199,23 +214,35 @@ def load_dataset_spec(spec: str, split: str | None = None, size: int = 64, seed:
     if spec.startswith("reasoning_gym:"):
         from .assets import reasoning_gym_dataset
 
-        return reasoning_gym_dataset(spec.split(":", 1)[1], size=size, seed=seed)
+        split = split or "train"
+        if split not in REASONING_GYM_SPLITS:
+            raise MissingSplitError(f"{spec} has the splits {list(REASONING_GYM_SPLITS)}; there is no split {split!r}.")
+        task = spec.split(":", 1)[1]
+        return reasoning_gym_dataset(task, size=size or 64, seed=seed + REASONING_GYM_SPLITS[split], config=config)
     if os.path.isdir(spec):
         loaded = load_from_disk(spec)
         if isinstance(loaded, DatasetDict):
             split = split or "train"
             if split not in loaded:
-                raise ValueError(f"{spec} holds the splits {sorted(loaded)}; there is no split {split!r}.")
-            return loaded[split]
-        return loaded
+                raise MissingSplitError(f"{spec} holds the splits {sorted(loaded)}; there is no split {split!r}.")
+            loaded = loaded[split]
+        elif split not in (None, "train"):
+            raise MissingSplitError(f"{spec} holds one dataset (the train split); there is no split {split!r}.")
+        return _first_rows(loaded, size)
     files = spec.split(",")
     kinds = {"json": "json", "jsonl": "json", "parquet": "parquet"}
     extensions = {f.rsplit(".", 1)[-1].lower() for f in files}
     missing = [f for f in files if not os.path.isfile(f)]
     if len(extensions) == 1 and extensions <= set(kinds) and not missing:
-        return load_dataset(kinds[extensions.pop()], data_files=files, split="train")
+        if split not in (None, "train"):
+            raise MissingSplitError(f"{spec}: a file holds one split (train); there is no split {split!r}.")
+        return _first_rows(load_dataset(kinds[extensions.pop()], data_files=files, split="train"), size)
     raise ValueError(
         f"Cannot read the dataset {spec!r}"
         + (f" (no such file: {', '.join(missing)})" if missing and extensions <= set(kinds) else "")
         + ": pass a folder saved with datasets.save_to_disk, a .json/.jsonl/.parquet file, or reasoning_gym:<task>."
     )
+
+
+def _first_rows(dataset, size: int | None):
+    return dataset if size is None or size >= len(dataset) else dataset.select(range(size))

@@ -1,5 +1,7 @@
 """The ``trl-opd`` command line: one module per subcommand.
 
+    trl-opd gkd|minillm|spin --config FILE.yaml [--key value ...]   # train (TRL's CLI conventions, docs/cli.md)
+    trl-opd pipeline recipe.yaml                            # the staged pipeline: warm-up -> GKD -> on-policy -> RL
     trl-opd plan --student DIR --teacher DIR [options]     # will it fit? peak GPU memory per part, per GPU size
     trl-opd plan --recipe 7b-nf4-14b-bf16                    # a packaged recipe (see --list-recipes)
     trl-opd lab [--quick | --full | --smoke]                 # the tutorial's experiments on tiny tasks
@@ -7,6 +9,8 @@
 
 Each subcommand is a module of this package with a ``register(subparsers)`` function that adds its parser and sets
 ``func`` to the function that runs it (``func(args) -> int``, the exit code); add a new one to :data:`SUBCOMMANDS`.
+A subcommand that parses its own arguments (the training commands, like TRL's ``trl sft``) sets
+``takes_raw_arguments=True`` and reads everything after its name from ``args.raw_arguments``.
 Registering imports nothing heavy (no torch, transformers or TRL), so ``--help`` answers at once; each ``func``
 imports what it needs.
 """
@@ -21,7 +25,7 @@ from collections.abc import Sequence
 
 
 #: Subcommand modules, in the order ``--help`` lists them.
-SUBCOMMANDS: tuple[str, ...] = ("plan", "lab", "check", "cache-teacher")
+SUBCOMMANDS: tuple[str, ...] = ("train", "pipeline", "plan", "lab", "check", "cache-teacher")
 
 
 class UsageError(Exception):
@@ -42,7 +46,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ..memory import ConfigError
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, rest = parser.parse_known_args(argv)
+    if getattr(args, "takes_raw_arguments", False):
+        args.raw_arguments = argv[argv.index(args.command) + 1 :]
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         return args.func(args)
     except (UsageError, ConfigError, ValueError) as error:
