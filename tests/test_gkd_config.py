@@ -1,5 +1,7 @@
 """GKDConfig validates its fields with messages naming the allowed values and knows when a dataset needs completions."""
 
+import logging
+
 import pytest
 
 
@@ -47,3 +49,17 @@ def test_config_rejects_invalid_values(make_gkd_config, kwargs, allowed):
 )
 def test_needs_dataset_completions(make_gkd_config, kwargs, needed):
     assert make_gkd_config(**kwargs).needs_dataset_completions is needed
+
+
+@pytest.mark.parametrize(
+    ("divergence", "beta", "warns"),
+    [("rkl", 0.5, True), ("jsd", 0.9, True), ("jsd", 0.5, False), ("fkl", 0.5, False), ("tvd", 0.5, False)],
+)
+def test_top_k_with_a_reverse_kl_warns_with_the_measured_cost(make_gkd_config, caplog, divergence, beta, warns):
+    with caplog.at_level(logging.WARNING, logger="trl_opd.trainers.teacher_args"):
+        make_gkd_config(divergence=divergence, beta=beta, teacher_top_k=64)
+        make_gkd_config(divergence=divergence, beta=beta)  # the full vocabulary never warns
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == warns
+    if warns:
+        assert "teacher_top_k=64" in messages[0] and "gradient cosine 0.52" in messages[0] and "fkl" in messages[0]

@@ -10,7 +10,7 @@ from ..divergences import DIVERGENCES, check_divergence
 from ..schedules import LMBDA_SCHEDULES, LambdaSchedule
 from .guard import FiniteGuardArguments
 from .prompts import PromptArguments
-from .teacher_args import TeacherArguments
+from .teacher_args import TeacherArguments, warn_if_top_k_is_unsafe
 
 
 @dataclass
@@ -90,6 +90,8 @@ class GKDConfig(TeacherArguments, PromptArguments, FiniteGuardArguments, Distill
     def __post_init__(self):
         super().__post_init__()
         check_divergence(self.divergence, self.beta)
+        reverse_kl_weight = {"rkl": 1.0, "jsd": self.beta}.get(self.divergence, 0.0)
+        warn_if_top_k_is_unsafe(self.teacher_top_k, reverse_kl_weight, f"divergence={self.divergence!r}")
         if not 0.0 <= self.eval_lmbda <= 1.0:
             raise ValueError(f"eval_lmbda must be in [0, 1], got {self.eval_lmbda}.")
         self.lambda_schedule()  # validates the schedule fields with messages naming the allowed values

@@ -10,7 +10,7 @@ from trl import GRPOConfig
 
 from .guard import FiniteGuardArguments
 from .prompts import PromptArguments
-from .teacher_args import TeacherArguments
+from .teacher_args import TeacherArguments, warn_if_top_k_is_unsafe
 
 
 BASELINES = ("mean", "none")
@@ -107,6 +107,8 @@ class MiniLLMConfig(TeacherArguments, PromptArguments, FiniteGuardArguments, GRP
             raise ValueError(
                 f"extrapolation_lambda must be >= 0 (1 = plain reverse KL), got {self.extrapolation_lambda}."
             )
+        if self.single_step:
+            warn_if_top_k_is_unsafe(self.teacher_top_k, 1.0, "MiniLLM's single-step term (a reverse KL)")
         if self.teacher_cache is not None:
             raise ValueError(
                 "MiniLLM trains on the student's own samples only, so a teacher cache (of dataset completions) has "
