@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 
 #: Subcommand modules, in the order ``--help`` lists them.
-SUBCOMMANDS: tuple[str, ...] = ("train", "plan", "lab", "check", "cache-teacher")
+SUBCOMMANDS: tuple[str, ...] = ("train", "pipeline", "plan", "lab", "check", "cache-teacher")
 
 
 class UsageError(Exception):

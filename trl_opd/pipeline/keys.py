@@ -13,6 +13,8 @@ import argparse
 import enum
 import functools
 import json
+import types
+import typing
 from dataclasses import MISSING, fields
 from pathlib import Path
 
@@ -35,8 +37,20 @@ def _default(f):
     return value
 
 
-def _type(f) -> str:
-    return f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+def _type_name(hint) -> str:
+    """A short name of an annotation: ``str``, ``int``, ``list``, ``dict | str`` (``None`` left out)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(arg) for arg in typing.get_args(hint) if arg is not type(None))
+    hint = typing.get_origin(hint) or hint
+    return getattr(hint, "__name__", str(hint).replace("typing.", ""))
+
+
+def _hints(cls) -> dict:
+    """The classes' annotations (``HfArgumentParser`` rewrites ``Field.type`` in place, so it is not read)."""
+    try:
+        return typing.get_type_hints(cls)
+    except Exception:  # an annotation that does not resolve: its text
+        return {k: v for c in reversed(cls.__mro__) for k, v in getattr(c, "__annotations__", {}).items()}
 
 
 def collect() -> dict:
@@ -46,8 +60,14 @@ def collect() -> dict:
     groups = {}
     for command in COMMANDS:
         for cls in dataclass_types(command):
+            hints = _hints(cls)
             groups[cls.__name__] = [
-                {"name": f.name, "type": _type(f), "default": _default(f), "help": f.metadata.get("help", "")}
+                {
+                    "name": f.name,
+                    "type": _type_name(hints[f.name]),
+                    "default": _default(f),
+                    "help": f.metadata.get("help", ""),
+                }  # fmt: skip
                 for f in fields(cls)
                 if f.init
             ]
