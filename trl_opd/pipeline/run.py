@@ -44,8 +44,26 @@ def load_splits(script) -> tuple:
         test = load(script.dataset_test_split, script.dataset_test_size, "test")
     except MissingSplitError as error:
         logger.warning("%s: the held-out guards and scores are not measured.", error)
-        test = None
-    return train, test
+        return train, None
+    return without_held_out_prompts(train, test), test
+
+
+def without_held_out_prompts(train, test):
+    """``train`` without the rows whose prompt is also a held-out prompt (a small task repeats problems); the count
+    dropped is logged. Raises when every row would go."""
+    import json
+
+    column = "prompt" if "prompt" in train.column_names and "prompt" in test.column_names else None
+    if column is None:
+        return train
+    held_out = {json.dumps(p, sort_keys=True) for p in test[column]}
+    keep = [i for i, p in enumerate(train[column]) if json.dumps(p, sort_keys=True) not in held_out]
+    if not keep:
+        raise ValueError("every training prompt is also in the held-out split; use a larger or a different dataset.")
+    if len(keep) < len(train):
+        logger.warning("dropped %d of %d training rows whose prompt is held out.", len(train) - len(keep), len(train))
+        train = train.select(keep)
+    return train
 
 
 def build_hooks(script) -> dict:
@@ -114,6 +132,18 @@ def resolve_verifier(name: str, script, split: str):
     return function
 
 
+def resolve_model_paths(run: RunArguments) -> None:
+    """Packaged model names (``smollm2:student``, :data:`trl_opd.assets.ASSET_MODELS`) become their folders."""
+    from ..assets import ASSET_MODELS, asset_model_dir
+
+    if run.model.model_name_or_path in ASSET_MODELS:
+        run.model.model_name_or_path = str(asset_model_dir(run.model.model_name_or_path))
+    if run.teacher in ASSET_MODELS:
+        run.teacher = str(asset_model_dir(run.teacher))
+        if hasattr(run.training, "teacher_model_name_or_path"):
+            run.training.teacher_model_name_or_path = run.teacher
+
+
 def _model_init_kwargs(model_args, training_args) -> dict:
     """TRL's scripts' ``model_init_kwargs``: revision, attention, dtype, trust_remote_code (+ the config's own)."""
     kwargs = dict(
@@ -133,6 +163,7 @@ def build_trainer(run: RunArguments, train, test, *, model=None, callbacks=None)
 
     from ..trainers import GKDTrainer, MiniLLMTrainer, SPINTrainer
 
+    resolve_model_paths(run)
     script, args, model_args = run.script, run.training, run.model
     if not model_args.model_name_or_path:
         raise ValueError("model_name_or_path is required: the student's folder.")
@@ -143,6 +174,10 @@ def build_trainer(run: RunArguments, train, test, *, model=None, callbacks=None)
         teacher_kwargs = dict(args.model_init_kwargs)
         teacher_kwargs.pop("revision", None)
         teacher_kwargs.update(args.teacher_model_init_kwargs or {})
+        if isinstance(teacher_kwargs.get("quantization_config"), dict):  # YAML: the BitsAndBytesConfig keywords
+            from transformers import BitsAndBytesConfig
+
+            teacher_kwargs["quantization_config"] = BitsAndBytesConfig(**teacher_kwargs["quantization_config"])
         args.teacher_model_init_kwargs = teacher_kwargs
     tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path, padding_side="left")
     given = model is not None

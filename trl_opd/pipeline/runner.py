@@ -62,8 +62,9 @@ def previous_model(run, previous_dir: str):
     from trl import get_quantization_config
 
     from ..models import load_model
-    from .run import _model_init_kwargs
+    from .run import _model_init_kwargs, resolve_model_paths
 
+    resolve_model_paths(run)
     kwargs = _model_init_kwargs(run.model, run.training)
     base = load_model(run.model.model_name_or_path, kwargs, run.training,
                       quantization_config=get_quantization_config(run.model))  # fmt: skip

@@ -1,0 +1,46 @@
+"""The shipped recipes load, and ``trl-opd plan --config`` plans them like the planner's named recipes."""
+
+from pathlib import Path
+
+import pytest
+
+from trl_opd.cli import main
+from trl_opd.memory import RECIPES
+from trl_opd.pipeline.planning import shape_name, training_plan
+from trl_opd.pipeline.recipe import load_recipe
+
+
+RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
+GPU_RECIPES = sorted(p.stem for p in RECIPES_DIR.glob("7b-*.yaml"))
+
+
+def test_every_recipe_loads():
+    assert GPU_RECIPES and (RECIPES_DIR / "smollm2-cpu.yaml").exists()
+    for path in RECIPES_DIR.glob("*.yaml"):
+        recipe = load_recipe(path)
+        assert sum(stage.steps for stage in recipe.stages) == recipe.max_steps
+        assert [stage.trainer for stage in recipe.stages] == ["gkd", "gkd", "gkd", "minillm"]
+
+
+@pytest.mark.parametrize("name", GPU_RECIPES)
+def test_gpu_recipes_are_the_planners_recipes(name):
+    assert name in RECIPES, f"recipes/{name}.yaml is named after no planner recipe ({', '.join(RECIPES)})"
+    student, teacher, plan = RECIPES[name]
+    recipe = load_recipe(RECIPES_DIR / f"{name}.yaml")
+    for stage in recipe.stages:
+        if stage.trainer == "gkd":
+            s, t, stage_plan = training_plan(stage.trainer, stage.keys)
+            assert (shape_name(s, "student"), shape_name(t, "teacher"), stage_plan) == (student, teacher, plan)
+
+
+def test_plan_reads_the_recipe_and_flags_override_it(capsys):
+    name = "7b-nf4-14b-bf16"
+    assert main(["plan", "--recipe", name]) == 0
+    named = capsys.readouterr().out
+    assert main(["plan", "--config", str(RECIPES_DIR / f"{name}.yaml")]) == 0
+    planned = capsys.readouterr().out
+    assert "== stage on_policy (gkd)" in planned and "== stage polish (minillm)" in planned
+    total = next(line for line in named.splitlines() if line.startswith("predicted total"))
+    assert planned.count(total) == 4
+    assert main(["plan", "--config", str(RECIPES_DIR / f"{name}.yaml"), "--teacher-quant", "nf4"]) == 0
+    assert total not in capsys.readouterr().out
