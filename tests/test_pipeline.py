@@ -76,12 +76,13 @@ class KillAfterCheckpoint(TrainerCallback):
 def test_three_stages_chain_one_adapter_and_write_the_summary(assets, tmp_path, capsys):
     out = tmp_path / "run"
     seen = FirstLoraWeight()
-    entries = run_pipeline(recipe(assets, out), callbacks=[seen])
-    assert [e["name"] for e in entries] == ["offline", "online", "polish"]
-    assert [e["steps"] for e in entries] == [2, 2, 2]
+    entries = run_pipeline(recipe(assets, out, measure_start=True), callbacks=[seen])
+    assert [e["name"] for e in entries] == ["start", "offline", "online", "polish"]
+    assert [e["steps"] for e in entries] == [0, 2, 2, 2]
     summary = json.loads((out / "summary.json").read_text())
-    assert [s["name"] for s in summary] == ["offline", "online", "polish"]
-    for entry in summary:
+    assert [s["name"] for s in summary] == ["start", "offline", "online", "polish"]
+    assert "student_eos_rate" in summary[0]["metrics"]
+    for entry in summary[1:]:
         assert {"name", "trainer", "steps", "metrics", "seconds"} <= set(entry)
         for key in ("fkl_on_teacher_samples", "rkl_on_student_samples", "student_eos_rate", "student_distinct_2",
                     "addition_accuracy_greedy", "addition_accuracy_sampled"):  # fmt: skip
@@ -110,10 +111,10 @@ def test_a_killed_pipeline_resumes_where_it_stopped(assets, tmp_path):
     assert (tmp_path / "run" / "offline" / "adapter_model.safetensors").stat().st_mtime_ns == first_stage_mtime
     assert entries[1]["resumed_from"].endswith("checkpoint-1") and entries[1]["steps"] == 2
     # The resumed stage ends where an uninterrupted run ends.
-    straight = run_pipeline(keys, output_dir=str(tmp_path / "straight"))
+    straight = run_pipeline({**keys, "measure_start": True}, output_dir=str(tmp_path / "straight"))  # same training
     resumed = load_file(str(tmp_path / "run" / "online" / "adapter_model.safetensors"))
     expected = load_file(str(tmp_path / "straight" / "online" / "adapter_model.safetensors"))
-    assert straight[1]["resumed_from"] is None
+    assert straight[0]["name"] == "start" and straight[2]["resumed_from"] is None
     assert all(torch.allclose(resumed[k], expected[k], atol=1e-6) for k in expected)
 
 

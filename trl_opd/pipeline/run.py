@@ -229,8 +229,20 @@ def train(trainer, command: str, resume) -> tuple[int, str | None]:
     return trainer.state.global_step, checkpoint
 
 
-def run_training(run: RunArguments, *, model=None, callbacks=None, resume=None, card_extra: dict | None = None) -> dict:
-    """Train, measure and save one run; returns ``{command, steps, metrics, seconds, resumed_from, output_dir}``."""
+def run_training(
+    run: RunArguments,
+    *,
+    model=None,
+    callbacks=None,
+    resume=None,
+    measure_before: bool = False,
+    card_extra: dict | None = None,
+) -> dict:
+    """Train, measure and save one run; returns ``{command, steps, metrics, seconds, resumed_from, output_dir, ...}``.
+
+    ``measure_before``: also measure the model before training (``metrics_before``), under a forked torch random state
+    so that training samples exactly as without it.
+    """
     from .card import write_model_card
     from .measure import measure
 
@@ -240,6 +252,13 @@ def run_training(run: RunArguments, *, model=None, callbacks=None, resume=None, 
     if resume is None:
         resume = run.training.resume_from_checkpoint
         resume = True if isinstance(resume, str) and resume.lower() in ("true", "last") else resume
+    metrics_before = None
+    if measure_before and test_set is not None:
+        import torch
+
+        devices = list(range(torch.cuda.device_count()))
+        with torch.random.fork_rng(devices=devices):
+            metrics_before = measure(trainer, run, test_set)
     train_start = time.perf_counter()
     steps, resumed_from = train(trainer, run.command, resume)
     train_seconds = time.perf_counter() - train_start
@@ -257,6 +276,7 @@ def run_training(run: RunArguments, *, model=None, callbacks=None, resume=None, 
         "output_dir": run.training.output_dir,
         "train_rows": len(train_set),
         "test_rows": None if test_set is None else len(test_set),
+        "metrics_before": metrics_before,
     }
     write_model_card(run, result, **(card_extra or {}))
     result["trainer"] = trainer

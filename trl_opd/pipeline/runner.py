@@ -11,7 +11,8 @@ For each stage (:class:`~trl_opd.pipeline.recipe.Stage`), in ``output_dir/<name>
 4. train, measure the held-out guards and task scores (:mod:`trl_opd.pipeline.measure`), save the model + card,
    write ``stage.json``, then ``summary.json`` (the list of entries) and ``summary.md``, and print the table.
 
-An entry: ``{name, trainer, budget, steps, metrics, seconds, seconds_per_step, resumed_from, output_dir}``.
+An entry: ``{name, trainer, budget, steps, metrics, seconds, seconds_per_step, resumed_from, output_dir}``. With
+``measure_start: true`` the first entry is ``start``: the student measured before stage 1 (``steps`` 0).
 """
 
 from __future__ import annotations
@@ -71,8 +72,12 @@ def previous_model(run, previous_dir: str):
     return PeftModel.from_pretrained(base, previous_dir, is_trainable=True)
 
 
-def run_stage(recipe: Recipe, stage: Stage, previous_dir: str | None, callbacks=None) -> dict:
-    """Train one stage (resuming it when interrupted); returns its summary entry."""
+START_FILE = "start.json"
+
+
+def run_stage(recipe: Recipe, stage: Stage, previous_dir: str | None, callbacks=None, measure_before=False) -> dict:
+    """Train one stage (resuming it when interrupted); returns its summary entry (with ``metrics_before`` when
+    ``measure_before``)."""
     from .arguments import parse_run
     from .run import run_training
 
@@ -84,7 +89,7 @@ def run_stage(recipe: Recipe, stage: Stage, previous_dir: str | None, callbacks=
         print(f"[pipeline] {stage.name}: resuming from {stage_dir}")
     elif os.path.isdir(stage_dir):
         logger.warning("%s exists without a checkpoint: stage %s starts again.", stage_dir, stage.name)
-    result = run_training(run, model=model, callbacks=callbacks, resume=resume or None,
+    result = run_training(run, model=model, callbacks=callbacks, resume=resume or None, measure_before=measure_before,
                           card_extra=dict(stage=stage.name, pipeline=recipe.path))  # fmt: skip
     entry = {
         "name": stage.name,
@@ -98,6 +103,10 @@ def run_stage(recipe: Recipe, stage: Stage, previous_dir: str | None, callbacks=
         "output_dir": stage_dir,
         "keys_digest": keys_digest(stage),
     }
+    if result["metrics_before"] is not None:
+        start = {"name": "start", "trainer": "-", "budget": 0.0, "steps": 0, "metrics": result["metrics_before"],
+                 "seconds": 0.0, "seconds_per_step": 0.0, "resumed_from": None, "output_dir": None}  # fmt: skip
+        _write_json(os.path.join(recipe.output_dir, START_FILE), start)
     del result["trainer"], result, model
     gc.collect()
     _empty_cuda_cache()
@@ -152,13 +161,15 @@ def write_summary(recipe: Recipe, entries: list[dict]) -> None:
     """``summary.json`` (the entries) and ``summary.md`` (the table and what each column means)."""
     _write_json(os.path.join(recipe.output_dir, "summary.json"), entries)
     total = sum(e["seconds"] for e in entries)
+    done = sum(e["name"] != "start" for e in entries)
     text = [
         f"# Pipeline summary: {recipe.path}",
         "",
-        f"{len(entries)} of {len(recipe.stages)} stages done, {sum(e['steps'] for e in entries)} optimizer steps, "
+        f"{done} of {len(recipe.stages)} stages done, {sum(e['steps'] for e in entries)} optimizer steps, "
         f"{total:.0f} s of stage wall time. Metrics are measured on the held-out split after each stage: the "
         "divergences on the teacher's and on the student's own samples (nats per token), the student's EOS rate and "
-        "distinct-2, and each verifier's greedy and sampled (pass@1) score.",
+        "distinct-2, and each verifier's greedy and sampled (pass@1) score"
+        + (" (`start`: the student before stage 1)." if entries and entries[0]["name"] == "start" else "."),
         "",
         summary_table(entries),
         "",
@@ -179,14 +190,19 @@ def run_pipeline(
         recipe = load_recipe(recipe, output_dir=output_dir)
     os.makedirs(recipe.output_dir, exist_ok=True)
     entries: list[dict] = []
+    start_path = os.path.join(recipe.output_dir, START_FILE)
     previous_dir = None
     for i, stage in enumerate(recipe.stages, 1):
+        measure_before = i == 1 and recipe.measure_start and not os.path.isfile(start_path)
         entry = finished_entry(recipe, stage)
         if entry is not None:
             print(f"[pipeline] stage {i}/{len(recipe.stages)} {stage.name}: finished earlier, skipped")
         else:
             print(f"[pipeline] stage {i}/{len(recipe.stages)} {stage.name}: {stage.trainer}, {stage.steps} steps")
-            entry = run_stage(recipe, stage, previous_dir, callbacks)
+            entry = run_stage(recipe, stage, previous_dir, callbacks, measure_before)
+        if i == 1 and recipe.measure_start and os.path.isfile(start_path):
+            with open(start_path) as handle:
+                entries.append(json.load(handle))
         entries.append(entry)
         previous_dir = recipe.stage_dir(stage)
         write_summary(recipe, entries)
