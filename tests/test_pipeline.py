@@ -139,6 +139,7 @@ def test_a_killed_pipeline_resumes_where_it_stopped(assets, tmp_path):
         ({"stages": [{"name": "a", "trainer": "gkd", "budget": 1.0, "num_generation": 2}]}, "stage 'a'; did you mean"),
         ({"extrapolation_lambda": 1.5, "stages": [{"name": "a", "trainer": "gkd", "budget": 1.0}]}, "(keys of gkd)"),
         ({"max_steps": 2}, "budget 0.33 of max_steps 2 is 1 steps"),
+        ({"beta": 0.5}, "beta means something else in each of gkd, minillm (GKD: the generalized JSD"),
     ],
 )
 def test_bad_recipes_are_refused_naming_the_key_and_the_fix(assets, tmp_path, change, message):

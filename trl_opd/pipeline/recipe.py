@@ -44,6 +44,12 @@ MODEL_KEY_PATTERN = re.compile(
 #: Keys naming local files or folders that must exist (a Hub id ``org/name`` is let through for the models).
 PATH_KEYS = ("model_name_or_path", "teacher_model_name_or_path", "dataset_name", "teacher_cache")
 BUDGET_TOLERANCE = 1e-6
+#: Keys that mean something else in each trainer (docs/index.md, "Five meanings of beta"): stage keys only when the
+#: recipe mixes the trainers that have them.
+AMBIGUOUS_KEYS = {
+    "beta": "GKD: the generalized JSD's interpolation; MiniLLM: GRPO's KL penalty, which must stay 0; SPIN: DPO's β",
+    "loss_type": "MiniLLM: GRPO's loss aggregation; SPIN: the DPO loss (sigmoid or hinge)",
+}
 
 
 class RecipeError(ValueError):
@@ -190,6 +196,11 @@ def load_recipe(source: str | os.PathLike | dict, output_dir: str | None = None)
         if key not in union:
             raise RecipeError(unknown_key_message(key, union | set(PIPELINE_KEYS), path)
                               + f" (keys of {', '.join(sorted(valid))})")  # fmt: skip
+    for key, meanings in AMBIGUOUS_KEYS.items():
+        having = sorted(trainer for trainer in valid if key in valid[trainer])
+        if key in raw and len(having) > 1:
+            raise RecipeError(f"{path}: {key} means something else in each of {', '.join(having)} ({meanings}); set it "
+                              "in the stages that need it, not at the top level.")  # fmt: skip
     check_paths(raw, path)
     _check_reward_funcs(raw, path)
 
