@@ -71,10 +71,10 @@ def run_lab_command(args: argparse.Namespace) -> int:
     if unknown:
         raise UsageError(f"unknown experiment(s) {', '.join(unknown)}; choose from {', '.join(EXPERIMENTS)}.")
     size = SIZES[args.size]
-    with tqdm(total=count_runs(size, experiments), desc=f"lab ({size.name})", unit="run") as bar:
-        results = run_lab(size, experiments, seed=args.seed, progress=bar)
     command = "trl-opd lab --" + size.name + (f" --seed {args.seed}" if args.seed else "")
     if args.experiments:
         command += " --experiments " + " ".join(experiments)
+    with tqdm(total=count_runs(size, experiments), desc=f"lab ({size.name})", unit="run") as bar:
+        results = run_lab(size, experiments, seed=args.seed, progress=bar, command=command)
     print(f"report: {write_report(results, args.output, command)}")
     return 0

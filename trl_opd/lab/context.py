@@ -7,9 +7,13 @@ import tempfile
 import time
 
 import torch
+from transformers import TrainerCallback
 
 from .settings import LabSize
 from .tasks import BimodalTask, ChainTask, make_chain_teacher, make_student, make_teacher, sample_texts, tokenizer
+
+
+EVAL_SEED_OFFSET = 10_000  # evaluation draws seed torch with EVAL_SEED_OFFSET + seed: apart from every training draw
 
 
 def quiet(trainer):
@@ -62,7 +66,7 @@ class Lab:
     # ------------------------------------------------------------------------------------------------ teachers
     def chain_teacher(self):
         if self._chain_teacher is None:
-            T = max(max(self.size.horizons), self.size.ablation_T)
+            T = self.size.teacher_T or max(max(self.size.horizons), self.size.ablation_T)
             start = time.perf_counter()
             model, losses = make_chain_teacher(self.tok, self.chain, T, self.size.teacher_steps, seed=self.seed)
             self.teachers["chain"] = {
@@ -92,8 +96,15 @@ class Lab:
         return self._bimodal_teacher
 
     # ------------------------------------------------------------------------------------------------ evaluation
-    def rollouts(self, model, T, seed):
-        return sample_texts(model, self.tok, self.chain.prompts(), T, self.size.samples_per_prompt, seed)
+    def rollouts(self, model, T, seed, draw: int = 0):
+        """``samples_per_prompt`` rollouts per prompt at temperature 1, from a generator seeded apart from training
+        (``EVAL_SEED_OFFSET + seed``; ``draw`` > 0 gives a further independent draw)."""
+        eval_seed = EVAL_SEED_OFFSET + 1_000 * draw + seed
+        return sample_texts(model, self.tok, self.chain.prompts(), T, self.size.samples_per_prompt, eval_seed)
+
+    def greedy_rollouts(self, model, T):
+        """One argmax rollout per prompt."""
+        return sample_texts(model, self.tok, self.chain.prompts(), T, 1, 0, greedy=True)
 
     def chain_eval(self, model, T, seed):
         return self.chain.score(*self.rollouts(model, T, seed), T)
@@ -103,20 +114,42 @@ class Lab:
         outside the trainer so that TIP's weights do not enter it."""
         from trl_opd.evaluation import mean_divergence
 
-        prompts, texts = sample_texts(student, self.tok, self.chain.prompts(), T, per_prompt, seed + 7)
+        prompts, texts = sample_texts(
+            student, self.tok, self.chain.prompts(), T, per_prompt, EVAL_SEED_OFFSET + 7 + seed
+        )
         prompt_ids, text_ids = (
             [self.tok(x, add_special_tokens=False)["input_ids"] for x in xs] for xs in (prompts, texts)
         )
         return mean_divergence(student, self.chain_teacher(), prompt_ids, text_ids, divergence, beta=0.5)
 
     # ------------------------------------------------------------------------------------------------ GKD on the chain
-    def gkd_chain(self, T, lmbda, divergence, seed, token_importance=None, steps=None, lr=None, batch=None):
-        """One student (``size.student``) distilled by GKDTrainer on the chain at length T: (record, student)."""
+    def gkd_chain(
+        self,
+        T,
+        lmbda,
+        divergence,
+        seed,
+        token_importance=None,
+        steps=None,
+        lr=None,
+        batch=None,
+        schedule=None,
+        curve_every=None,
+        task=None,
+        teacher=None,
+        warm_steps=0,
+    ):
+        """One student (``size.student``) distilled by GKDTrainer on the chain at length T: (record, student).
+
+        ``schedule``: GKDConfig's λ-schedule fields (e.g. ``{"lmbda_schedule": "three_phase"}``; ``lmbda`` is then
+        unused unless the schedule is constant). ``curve_every``: record a learning curve (``record["curve"]``,
+        :class:`LearningCurve`). ``task``/``teacher``: another chain task and its teacher (default: the lab's)."""
         from trl_opd import GKDConfig, GKDTrainer
 
-        teacher = self.chain_teacher()
+        task = task or self.chain
+        teacher = teacher or self.chain_teacher()
         batch = batch or self.size.gkd_batch
-        dataset = self.chain.dataset(T, repeat=max(1, -(-4 * batch // 20)))
+        dataset = task.dataset(T, repeat=max(1, -(-4 * batch // 20)))
         with tempfile.TemporaryDirectory() as out:
             args = GKDConfig(
                 **training_args(
@@ -130,28 +163,73 @@ class Lab:
                     lmbda=lmbda,
                     divergence=divergence,
                     beta=0.5,
+                    **(schedule or {}),
                 )
             )
             student = make_student(self.tok, seed, **self.size.student)
+            if warm_steps:
+                from trl_opd.tiny import train_causal_lm
+
+                texts = [p + task.completion(p, T) for p in task.prompts()]
+                train_causal_lm(
+                    student, self.tok, texts, steps=warm_steps, lr=self.size.spin_sft_lr, batch_size=16, seed=seed
+                )
+            curve = LearningCurve(self, task, T, seed, curve_every) if curve_every else None
             trainer = quiet(
                 GKDTrainer(
                     model=student,
                     teacher_model=teacher,
                     args=args,
                     train_dataset=dataset,
-                    eval_dataset=self.chain.dataset(T),
+                    eval_dataset=task.dataset(T),
                     processing_class=self.tok,
                     token_importance=token_importance,
+                    callbacks=[curve] if curve else None,
                 )
             )
             start = time.perf_counter()
             trainer.train()
+            seconds = time.perf_counter() - start
+            logged = [h for h in trainer.state.log_history if "on_policy_fraction" in h]
             record = {
                 "T": T,
                 "lmbda": lmbda,
                 "divergence": divergence,
                 "seed": seed,
-                "train_seconds": time.perf_counter() - start,
+                # wall time of training (a learning curve's evaluations left out)
+                "train_seconds": seconds - (curve.eval_seconds if curve else 0.0),
                 "on_policy_divergence": trainer.evaluate()["eval_loss"],
+                # the share of rows the student sampled, as the trainer logged it (mean over the logging steps)
+                "on_policy_fraction": sum(h["on_policy_fraction"] for h in logged) / len(logged) if logged else None,
             }
+            if curve:
+                record["curve"] = curve.points
         return record, student
+
+
+class LearningCurve(TrainerCallback):
+    """A TrainerCallback that measures the token error on the student's own rollouts (4 per prompt, an evaluation
+    draw) every ``every`` steps and at the end: ``points`` = [{"step", "seconds" (training wall time so far, the
+    evaluations left out), "token_error"}]."""
+
+    def __init__(self, lab, task, T, seed, every, per_prompt=4):
+        self.lab, self.task, self.T, self.seed, self.every, self.per_prompt = lab, task, T, seed, every, per_prompt
+        self.points, self.eval_seconds, self.start = [], 0.0, None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = time.perf_counter()
+
+    def _measure(self, state, model):
+        begin = time.perf_counter()
+        prompts, texts = sample_texts(
+            model, self.lab.tok, self.task.prompts(), self.T, self.per_prompt, EVAL_SEED_OFFSET + 500 + self.seed
+        )
+        error = self.task.score(prompts, texts, self.T)["token_error"]
+        model.train()
+        seconds = begin - self.start - self.eval_seconds
+        self.eval_seconds += time.perf_counter() - begin
+        self.points.append({"step": state.global_step, "seconds": seconds, "token_error": error})
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step % self.every == 0 or state.global_step == state.max_steps:
+            self._measure(state, model)

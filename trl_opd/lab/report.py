@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .advice import what_to_do
 from .experiments import EXPERIMENTS
+from .provenance import describe
 from .settings import RESULTS_SCHEMA
 
 
@@ -63,15 +65,20 @@ def render(results: dict, out: Path, command: str) -> tuple[list[str], dict]:
             if "wall_seconds" in results
             else ""
         )
-        + ". Every table: mean ± std over seeds.",
+        + ". Every table: mean [90 % bootstrap interval of the mean] over the runs (n is stated in each section; "
+        "a run = one student seed with one teacher seed); plots show each run's point.",
         "",
     ]
+    if "provenance" in results:
+        lines += [describe(results["provenance"]), ""]
     teachers = results.get("teachers", {})
-    if "chain" in teachers:
-        c = teachers["chain"]
+    for key, c in teachers.items():
+        if key.split("@")[0] != "chain":
+            continue
         lines += [
-            f"Chain teacher (2 layers, hidden 64, {c['params']} parameters, {c['steps']} steps on {c['T']}-digit "
-            "sequences with 15 % corrupted digits): own total errors "
+            f"Chain teacher{' (seed ' + str(c['seed']) + ')' if 'seed' in c else ''} (2 layers, hidden 64, "
+            f"{c['params']} parameters, {c['steps']} steps on {c['T']}-digit sequences with 15 % corrupted digits, "
+            f"{c.get('seconds', 0):.0f} s): own total errors "
             + ", ".join(f"{k} {v['total_errors']:.3f}" for k, v in c.items() if k.startswith("T="))
             + ".",
             "",
@@ -85,7 +92,7 @@ def render(results: dict, out: Path, command: str) -> tuple[list[str], dict]:
         lines += ["| experiment | verdict |", "|---|---|"]
         lines += [f"| {name} | {s['verdict'].split(':')[0]} |" for name, s in summaries.items()]
         lines.append("")
-    return lines + sections, summaries
+    return lines + sections + what_to_do(results), summaries
 
 
 def write_report(results: dict, out: str | Path, command: str | None = None) -> Path:

@@ -16,12 +16,15 @@ class LabSize:
     name: str
     seeds: list[int]  # every experiment
     cheap_seeds: list[int] = field(default_factory=list)  # added to ``seeds`` for the cheap ones (modes, SPIN)
+    # the chain teacher's seeds (offsets from the base seed): the chain experiments run once per teacher seed
+    teacher_seeds: list[int] = field(default_factory=lambda: [0])
     # compounding: one student per (λ, seed) trained on T_max-digit completions, its errors counted over each horizon
     horizons: list[int] = field(default_factory=lambda: [5, 10, 20, 40])
     compounding_steps: int = 450
     compounding_lr: float = 3e-3
     compounding_batch: int = 8
     teacher_steps: int = 700
+    teacher_T: int | None = None  # the chain teacher's sequence length (None: the longest horizon or ablation_T)
     # ablation and TIP: chain at T = ablation_T, hidden-32 student
     ablation_T: int = 10
     gkd_steps: int = 150
@@ -42,6 +45,16 @@ class LabSize:
     # the control: the same share of tokens kept at random (RandomTokenImportance)
     tip_random_fractions: list[float] = field(default_factory=lambda: [0.5, 0.2])
     samples_per_prompt: int = 32
+    # λ schedules: chain at T = schedule_T, the compounding student and optimiser, FKL, a learning curve of
+    # schedule_curve_points points per run
+    schedule_T: int = 20
+    schedule_steps: int = 300
+    schedule_lr: float = 3e-3
+    schedule_batch: int = 8
+    schedule_divergence: str = "fkl"
+    schedule_curve_points: int = 10
+    # TIP warm-started: the student first trained by SFT for tip_warm_steps (0: no warm-started runs)
+    tip_warm_steps: int = 300
 
     @property
     def all_seeds(self) -> list[int]:
@@ -61,6 +74,10 @@ SIZES = {
         spin_sft_steps=4,
         spin_rounds=2,
         spin_steps=2,
+        schedule_T=3,
+        schedule_steps=4,
+        schedule_curve_points=2,
+        tip_warm_steps=4,
         tip_fractions=[1.0, 0.5],
         tip_random_fractions=[0.5],
         samples_per_prompt=2,

@@ -29,11 +29,33 @@ def tokenizer():
 
 @dataclass
 class ChainTask:
+    """``x_t = (a·x_{t-1} + b·x_{t-2}) mod K``. The default (a, b) = (1, 2) has period 4 (or 2) on every prompt: the
+    shortcut. :data:`CONTROL_CHAIN`, (1, 3), has period 24 on every prompt: no copy-back shortcut within 20 digits."""
+
     K: int = 5
+    a: int = 1
+    b: int = 2
 
     @property
     def digits(self) -> str:
         return "0123456789"[: self.K]
+
+    def next_digit(self, before: int, last: int) -> int:
+        """The rule's digit after ``before, last``."""
+        return (self.a * last + self.b * before) % self.K
+
+    @property
+    def name(self) -> str:
+        return f"x_t = ({self.a}·x_t-1 + {self.b}·x_t-2) mod {self.K}"
+
+    def period(self, prompt: str) -> int:
+        """The period of the rule sequence started by ``prompt``."""
+        start = state = (int(prompt[0]), int(prompt[1]))
+        for n in range(1, self.K**2 + 1):
+            state = (state[1], self.next_digit(*state))
+            if state == start:
+                return n
+        raise ValueError(f"{prompt!r} does not lie on a cycle of {self.name}")
 
     def prompts(self) -> list[str]:
         # Repeated-digit prompts ("aa") are left out: without a position signal a causal model sees "aa" exactly as it
@@ -45,7 +67,7 @@ class ChainTask:
     def completion(self, prompt: str, T: int) -> str:
         seq = [int(c) for c in prompt]
         for _ in range(T):
-            seq.append((seq[-1] + 2 * seq[-2]) % self.K)
+            seq.append(self.next_digit(seq[-2], seq[-1]))
         return "".join(map(str, seq[2:]))
 
     def dataset(self, T: int, repeat: int = 1) -> Dataset:
@@ -62,7 +84,7 @@ class ChainTask:
                 out.append(1)
                 continue
             a, b = full[t], full[t + 1]
-            ok = a in self.digits and b in self.digits and int(text[t]) == (int(b) + 2 * int(a)) % self.K
+            ok = a in self.digits and b in self.digits and int(text[t]) == self.next_digit(int(a), int(b))
             out.append(0 if ok else 1)
         return out
 
@@ -73,6 +95,56 @@ class ChainTask:
             for t, e in enumerate(self.rule_errors(prompt, text, T)):
                 counts[t] += e
         return [c / len(prompts) for c in counts]
+
+    def shortcut_use(self, prompts: list[str], completions: list[str], T: int, lag: int = 4) -> dict[str, float | None]:
+        """Off the track, which does the model follow: the rule or "copy the digit ``lag`` back"? Over the digits
+        (of the first T) where the two disagree, given the model's own prefix (on a rule sequence of period 4 they
+        agree everywhere, so this happens only after a slip): ``copy`` = share equal to the digit ``lag`` back,
+        ``rule`` = share that follows the rule, ``positions`` = how many such digits (chance: 1/K each)."""
+        copy = rule = n = 0
+        for prompt, text in zip(prompts, completions, strict=True):
+            full = prompt + text[:T]
+            for j in range(max(len(prompt), lag), len(full)):
+                window = full[j - lag], full[j - 2], full[j - 1], full[j]
+                if not all(c in self.digits for c in window):
+                    continue
+                back, before, last, digit = (int(c) for c in window)
+                ruled = self.next_digit(before, last)
+                if ruled == back:
+                    continue
+                n += 1
+                copy += digit == back
+                rule += digit == ruled
+        return {"copy": copy / n if n else None, "rule": rule / n if n else None, "positions": n}
+
+    def error_stats(self, prompts: list[str], completions: list[str], T: int) -> dict[str, float]:
+        """How errors follow each other on the first T digits, pooled over the rollouts.
+
+        * ``hazard`` = P(digit t is an error | no error before t) = first errors / digits before-or-at a first error;
+        * ``after_first`` = P(digit t is an error | an error before t) = errors after the first / digits after it
+          (``None`` when no rollout errs before its last digit);
+        * ``amplification`` = after_first / hazard (``None`` when either is missing or the hazard is 0);
+        * ``erring`` = share of rollouts with at least one error.
+        Compounding shows as after_first ≫ hazard: once off its track, the model keeps erring."""
+        first, at_risk, later, after = 0, 0, 0, 0
+        for prompt, text in zip(prompts, completions, strict=True):
+            errs = self.rule_errors(prompt, text, T)
+            k = errs.index(1) if 1 in errs else None
+            if k is None:
+                at_risk += T
+                continue
+            first += 1
+            at_risk += k + 1
+            later += sum(errs[k + 1 :])
+            after += T - k - 1
+        hazard = first / at_risk if at_risk else None
+        after_first = later / after if after else None
+        return {
+            "hazard": hazard,
+            "after_first": after_first,
+            "amplification": after_first / hazard if after_first is not None and hazard else None,
+            "erring": first / len(prompts),
+        }
 
     def score(self, prompts: list[str], completions: list[str], T: int) -> dict[str, float]:
         """Sequence error (any wrong or missing digit among the first T), per-token error (each digit against the rule
@@ -96,9 +168,12 @@ class ChainTask:
 
 
 def sample_texts(
-    model, tok, prompts: list[str], max_new_tokens: int, n_per_prompt: int, seed: int
+    model, tok, prompts: list[str], max_new_tokens: int, n_per_prompt: int, seed: int, greedy: bool = False
 ) -> tuple[list, list]:
-    """``n_per_prompt`` completions per prompt at temperature 1 (decoded without special tokens)."""
+    """``n_per_prompt`` completions per prompt at temperature 1 (decoded without special tokens); ``greedy``: one
+    argmax completion per prompt instead."""
+    if greedy:
+        n_per_prompt = 1
     all_prompts = [p for p in prompts for _ in range(n_per_prompt)]
     ids = [tok(p, add_special_tokens=False)["input_ids"] for p in all_prompts]
     torch.manual_seed(seed)
@@ -109,9 +184,7 @@ def sample_texts(
         eos_token_ids=[tok.eos_token_id],
         max_new_tokens=max_new_tokens,
         min_new_tokens=max_new_tokens,
-        do_sample=True,
-        temperature=1.0,
-        top_k=0,
+        **({"do_sample": False} if greedy else {"do_sample": True, "temperature": 1.0, "top_k": 0}),
     )
     return all_prompts, tok.batch_decode(out, skip_special_tokens=True)
 
@@ -206,7 +279,7 @@ def make_chain_teacher(
             seq, keep = [int(c) for c in rng.choice(prompts)], [True, True]
             for _ in range(T):
                 corrupt = rng.random() < noise
-                seq.append(rng.randrange(task.K) if corrupt else (seq[-1] + 2 * seq[-2]) % task.K)
+                seq.append(rng.randrange(task.K) if corrupt else task.next_digit(seq[-2], seq[-1]))
                 keep.append(not corrupt)
             row = [digit_ids[d] for d in seq] + [tok.eos_token_id]
             ids.append(row)

@@ -8,18 +8,26 @@ the command line lists the experiments at once.
 
 from __future__ import annotations
 
-from . import ablation, compounding, modes, spin, tip
+from . import ablation, compounding, modes, schedules, spin, tip
 from .base import Experiment
 
 
 EXPERIMENTS: dict[str, Experiment] = {
-    module.EXPERIMENT.name: module.EXPERIMENT for module in (compounding, modes, ablation, spin, tip)
+    module.EXPERIMENT.name: module.EXPERIMENT for module in (compounding, modes, ablation, spin, tip, schedules)
 }
 
 
+CHAIN_EXPERIMENTS = ("compounding", "ablation", "tip", "schedules")  # run once per teacher seed (the chain teacher)
+
+
 def count_runs(size, experiments) -> int:
-    """Progress ticks of a lab run of ``experiments`` at ``size``, from each experiment's own settings."""
-    return sum(EXPERIMENTS[name].count_runs(size, experiments) for name in EXPERIMENTS if name in experiments)
+    """Progress ticks of a lab run of ``experiments`` at ``size``, from each experiment's own settings (the chain
+    experiments once per teacher seed)."""
+    return sum(
+        EXPERIMENTS[name].count_runs(size, experiments) * (len(size.teacher_seeds) if name in CHAIN_EXPERIMENTS else 1)
+        for name in EXPERIMENTS
+        if name in experiments
+    )
 
 
 def __getattr__(name):
@@ -30,4 +38,4 @@ def __getattr__(name):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["EXPERIMENTS", "Experiment", "RandomTokenImportance", "count_runs"]
+__all__ = ["CHAIN_EXPERIMENTS", "EXPERIMENTS", "Experiment", "RandomTokenImportance", "count_runs"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..plots import pyplot, save, verdict_lines
 from ..settings import GKD_DIVERGENCES, LAMBDAS
-from ..stats import fmt, mean, mean_std
+from ..stats import fmt, mean, mean_std, unit
 from .base import Experiment
 
 
@@ -34,7 +34,7 @@ def cell(runs, divergence, lmbda, key) -> list:
 
 def main_effects(runs, key="token_error", seed=None) -> tuple[float, float]:
     """Range of the marginal means of ``key`` over λ and over the divergence."""
-    rs = [r for r in runs if seed is None or r["seed"] == seed]
+    rs = [r for r in runs if seed is None or unit(r) == seed]
     divs = sorted({r["divergence"] for r in rs})
     lams = sorted({r["lmbda"] for r in rs})
     cells = {(d, lam): mean(cell(rs, d, lam, key)) for d in divs for lam in lams}
@@ -45,7 +45,7 @@ def main_effects(runs, key="token_error", seed=None) -> tuple[float, float]:
 
 def verdict(runs) -> str:
     lam_effect, div_effect = main_effects(runs)
-    seeds = sorted({r["seed"] for r in runs})
+    seeds = sorted({unit(r) for r in runs})
     per_seed = [main_effects(runs, seed=s) for s in seeds]
     n_lam = sum(le > de for le, de in per_seed)
     if lam_effect > div_effect + 0.02 and n_lam == len(seeds):

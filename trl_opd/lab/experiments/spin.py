@@ -6,6 +6,7 @@ import contextlib
 import io
 import itertools
 import tempfile
+import time
 
 from ..plots import pyplot, save, verdict_lines
 from ..stats import fmt, mean
@@ -28,6 +29,7 @@ def run(lab, earlier=None, seeds=None, rounds=None) -> dict:
     runs = []
     texts = [p + lab.chain.completion(p, T) for p in lab.chain.prompts()]
     for seed in size.all_seeds if seeds is None else seeds:
+        start = time.perf_counter()
         student = make_student(lab.tok, seed, **size.student)
         # SPIN starts from a supervised model: plain next-token training on the dataset, stopped early
         train_causal_lm(
@@ -70,8 +72,25 @@ def run(lab, earlier=None, seeds=None, rounds=None) -> dict:
                 lab.tick(f"spin round {k} seed={seed}")
                 if last.get("saturated"):
                     break
-        runs.append({"seed": seed, "rounds": history_rounds})
+        spin_seconds = time.perf_counter() - start
+        control = sft_control(lab, seed, texts, size.spin_sft_steps + (len(history_rounds) - 1) * size.spin_steps, T)
+        runs.append({"seed": seed, "rounds": history_rounds, "seconds": spin_seconds, "sft_control": control})
     return {"T": T, "runs": runs, "sft_steps": size.spin_sft_steps, "steps_per_round": size.spin_steps}
+
+
+def sft_control(lab, seed, texts, steps, T) -> dict:
+    """The control at equal steps: the same student trained by plain SFT (the SFT start's learning rate) for the
+    SFT start's steps plus as many steps as SPIN's rounds took, so it sees the dataset as often as SPIN did."""
+    from trl_opd.tiny import train_causal_lm
+
+    from ..tasks import make_student
+
+    size = lab.size
+    student = make_student(lab.tok, seed, **size.student)
+    start = time.perf_counter()
+    train_causal_lm(student, lab.tok, texts, steps=steps, lr=size.spin_sft_lr, batch_size=16, seed=seed)
+    seconds = time.perf_counter() - start
+    return {"steps": steps, "seconds": seconds, **lab.chain_eval(student, T, seed)}
 
 
 def count_runs(size, experiments) -> int:

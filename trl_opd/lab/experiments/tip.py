@@ -4,7 +4,7 @@ the same fractions of tokens kept at random (RandomTokenImportance)."""
 from __future__ import annotations
 
 from ..plots import pyplot, save, verdict_lines
-from ..stats import fmt, mean, mean_std
+from ..stats import fmt, mean
 from .base import Experiment
 
 
@@ -20,9 +20,12 @@ def cells(fractions, random_fractions) -> list[tuple[str, float]]:
     return out + [("random", f) for f in random_fractions if f < 1.0]
 
 
-def run(lab, earlier=None, fractions=None, random_fractions=None, seeds=None) -> dict:
+def run(lab, earlier=None, fractions=None, random_fractions=None, seeds=None, starts=None) -> dict:
     """Each cell trained on the chain at T = ``ablation_T``; the all-tokens run is the ablation's (JSD, λ = 1) run
-    when the ablation ran first. JSD to the teacher is measured on the student's own samples, outside the trainer."""
+    when the ablation ran first. JSD to the teacher is measured on the student's own samples, outside the trainer.
+
+    ``starts``: ``"cold"`` (a fresh student) and, when ``size.tip_warm_steps``, ``"warm"``: the student first trained
+    by SFT for ``tip_warm_steps`` steps (SPIN's start), then all tokens, TIP's top 50 % and a random 50 %."""
     from ...hooks import TokenImportance
     from ..controls import RandomTokenImportance
 
@@ -34,11 +37,17 @@ def run(lab, earlier=None, fractions=None, random_fractions=None, seeds=None) ->
     reuse = {
         r["seed"]: r for r in ablation.get("runs", []) if r["divergence"] == "jsd" and r["lmbda"] == 1.0 and r["T"] == T
     }
-    runs = []
-    for seed in seeds or size.seeds:
+    starts = starts or (("cold", "warm") if size.tip_warm_steps else ("cold",))
+    runs, warm_start = [], {}
+    for seed, start in ((seed, start) for start in starts for seed in seeds or size.seeds):
+        warm = start == "warm"
+        if warm:
+            warm_start[str(seed)] = sft_start(lab, seed, T)
         for selection, fraction in cells(fractions, random_fractions):
+            if warm and fraction not in (1.0, 0.5):
+                continue
             if selection == "all":
-                if seed in reuse:
+                if seed in reuse and not warm:
                     runs.append({"keep_fraction": fraction, "selection": selection, **reuse[seed]})
                     continue
                 hook = None
@@ -46,16 +55,37 @@ def run(lab, earlier=None, fractions=None, random_fractions=None, seeds=None) ->
                 hook = TokenImportance(mode="top_fraction", keep_fraction=fraction)
             else:
                 hook = RandomTokenImportance(keep_fraction=fraction, seed=seed)
-            record, student = lab.gkd_chain(T, 1.0, "jsd", seed, token_importance=hook)
+            record, student = lab.gkd_chain(
+                T, 1.0, "jsd", seed, token_importance=hook, warm_steps=size.tip_warm_steps if warm else 0
+            )
             record.update(lab.chain_eval(student, T, seed), own_jsd=lab.own_divergence(student, T, seed))
-            runs.append({"keep_fraction": fraction, "selection": selection, **record})
-            lab.tick(f"tip {selection} keep={fraction} seed={seed}")
-    return {"T": T, "runs": runs}
+            runs.append({"keep_fraction": fraction, "selection": selection, "start": start, **record})
+            lab.tick(f"tip {start} {selection} keep={fraction} seed={seed}")
+    return {"T": T, "runs": runs, "warm_steps": size.tip_warm_steps, "warm_start": warm_start}
+
+
+def sft_start(lab, seed, T) -> dict:
+    """The warm start's own errors: the student after ``tip_warm_steps`` steps of SFT."""
+    from trl_opd.tiny import train_causal_lm
+
+    from ..tasks import make_student
+
+    student = make_student(lab.tok, seed, **lab.size.student)
+    texts = [p + lab.chain.completion(p, T) for p in lab.chain.prompts()]
+    train_causal_lm(
+        student, lab.tok, texts, steps=lab.size.tip_warm_steps, lr=lab.size.spin_sft_lr, batch_size=16, seed=seed
+    )
+    return lab.chain_eval(student, T, seed)
+
+
+def warm_cells(size) -> list[tuple[str, float]]:
+    return [c for c in cells(size.tip_fractions, size.tip_random_fractions) if c[1] in (1.0, 0.5)]
 
 
 def count_runs(size, experiments) -> int:
     reused = "ablation" in experiments and 1.0 in size.tip_fractions
-    return len(size.seeds) * (len(cells(size.tip_fractions, size.tip_random_fractions)) - reused)
+    cold = len(cells(size.tip_fractions, size.tip_random_fractions)) - reused
+    return len(size.seeds) * (cold + (len(warm_cells(size)) if size.tip_warm_steps else 0))
 
 
 def _pct(fraction) -> str:
@@ -125,33 +155,64 @@ def verdict(tok, div=None) -> str:
     )
 
 
-def section(res, out, results=None):
-    runs, T = res["runs"], res["T"]
-    table = rows(runs)
+def start_runs(runs, start) -> list[dict]:
+    return [r for r in runs if r.get("start", "cold") == start]
+
+
+def _table(runs) -> tuple[list[str], dict, dict]:
     lines = [
-        "## 5. TIP: fraction of tokens trained",
-        "",
-        (
-            f"Chain task, T = {T}, GKD λ = 1, JSD(β = 0.5). **TIP top f**: TokenImportance(top_fraction) trains only "
-            "the share f of each micro-batch's completion tokens with the highest score (1 − H_T / log V) · D (the "
-            "tutorial's: teacher confident, student off). **random f**, the control: the same share of tokens, "
-            "chosen uniformly at random (RandomTokenImportance in `trl_opd/lab/controls.py`). Both rescale the "
-            "kept tokens' weights to mean 1. All tokens is the ablation's (JSD, λ = 1) run. JSD to the teacher is "
-            "measured on the student's own samples, outside the trainer."
-        ),
-        "",
-        "| trained tokens | seed's prediction | JSD on own samples | sequence error | token error |",
-        "|---|---|---|---|---|",
+        "| trained tokens | seed's prediction | JSD on own samples | sequence error | token error | train seconds |",
+        "|---|---|---|---|---|---|",
     ]
     div, tok = {}, {}
-    for label, selection, f, rs in table:
+    for label, selection, f, rs in rows(runs):
         div[selection, f] = mean([r["own_jsd"] for r in rs])
         tok[selection, f] = mean([r["token_error"] for r in rs])
         lines.append(
             f"| {label} | {TIP_PRED[selection]} | {fmt([r['own_jsd'] for r in rs], 4)} | "
-            f"{fmt([r['sequence_error'] for r in rs])} | {fmt([r['token_error'] for r in rs])} |"
+            f"{fmt([r['sequence_error'] for r in rs])} | {fmt([r['token_error'] for r in rs])} | "
+            f"{fmt([r.get('train_seconds') for r in rs], 1)} |"
         )
+    return lines, tok, div
+
+
+def section(res, out, results=None):
+    runs, T = res["runs"], res["T"]
+    cold, warm = start_runs(runs, "cold"), start_runs(runs, "warm")
+    n = len({(r.get("teacher_seed", 0), r["seed"]) for r in cold})
+    lines = [
+        "## 5. TIP: fraction of tokens trained",
+        "",
+        (
+            f"Chain task, T = {T}, GKD λ = 1, JSD(β = 0.5); n = {n} runs per row (mean [90 % bootstrap interval]). "
+            "**TIP top f**: TokenImportance(top_fraction) trains only "
+            "the share f of each micro-batch's completion tokens with the highest score (1 − H_T / log V) · D (the "
+            "tutorial's: teacher confident, student off). **random f**, the control: the same share of tokens, "
+            "chosen uniformly at random (RandomTokenImportance in `trl_opd/lab/controls.py`). Both rescale the "
+            "kept tokens' weights to mean 1. All tokens is the ablation's (JSD, λ = 1) run. JSD to the teacher is "
+            "measured on the student's own samples, outside the trainer. Train seconds: the cost of each setting "
+            "(the top-f selection skips the backward pass of the other tokens' head projections)."
+        ),
+        "",
+        "**Cold start** (a fresh student):",
+        "",
+    ]
+    table, tok, div = _table(cold)
+    lines += table
     text = verdict(tok, div)
+    if warm:
+        starts = list(res.get("warm_start", {}).values())
+        table, wtok, wdiv = _table(warm)
+        lines += [
+            "",
+            (
+                f"**Warm start**: the student first trained by SFT for {res.get('warm_steps')} steps (token error "
+                f"{fmt([s['token_error'] for s in starts])} before distillation), then the same GKD:"
+            ),
+            "",
+            *table,
+        ]
+        text = "cold start: " + text + "; warm start: " + verdict(wtok, wdiv)
     lines += [
         "",
         (
@@ -163,18 +224,13 @@ def section(res, out, results=None):
     ]
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    for selection, label in (("top", "TIP top fraction"), ("random", "random fraction")):
-        pts = [(f, rs) for _, s, f, rs in table if s in (selection, "all")]
-        if not any(s == selection for _, s, _, _ in table):
-            continue
-        for ax, key in zip(axes, ("token_error", "own_jsd"), strict=True):
-            ms = [mean_std([r[key] for r in rs]) for _, rs in pts]
-            ax.errorbar(
-                [f for f, _ in pts], [m for m, _ in ms], yerr=[s for _, s in ms], marker="o", capsize=3, label=label
-            )
-    for ax, ylabel in zip(axes, ("token error", "JSD on own samples"), strict=True):
-        ax.set_xlabel("kept fraction"), ax.set_ylabel(ylabel), ax.legend(fontsize=7)
-    axes[0].set_title("TIP vs random selection")
+    for ax, (start, rs_all) in zip(axes, (("cold", cold), ("warm", warm)), strict=True):
+        for k, (label, _selection, _f, rs) in enumerate(rows(rs_all)):
+            ys = [r["token_error"] for r in rs]
+            ax.scatter([k] * len(ys), ys, color="0.5", s=12, zorder=2)
+            ax.plot([k - 0.25, k + 0.25], [mean(ys)] * 2, color="C0", lw=2, zorder=3)
+        ax.set_xticks(range(len(rows(rs_all))), [label for label, *_ in rows(rs_all)], rotation=20, fontsize=7)
+        ax.set_ylabel("token error"), ax.set_title(f"{start} start: per-run points, bar = mean")
     save(fig, out, "tip")
     return lines, {"verdict": text}
 
