@@ -220,6 +220,11 @@ def test_conclusion_ablation_lambda_matters_more_than_divergence(labs):
 def test_verdicts_are_computed_from_the_numbers():
     assert spin.verdict([0.5, 0.3, 0.29, 0.29]).startswith("agrees")
     assert spin.verdict([0.2, 0.25, 0.21]).startswith("disagrees")
+    # with the SFT control at equal steps (per seed)
+    v = spin.verdict([0.2, 0.15, 0.14], [0.15, 0.14, 0.13], [0.05, 0.06, 0.05])
+    assert "plain SFT for the same steps does better" in v, v
+    assert "SPIN beats plain SFT" in spin.verdict([0.2, 0.1], [0.05, 0.06], [0.15, 0.14])
+    assert "no clear difference" in spin.verdict([0.2, 0.1], [0.05, 0.2], [0.15, 0.1])
 
 
 def test_tip_verdict_compares_the_selection_with_all_tokens_and_with_random():

@@ -9,7 +9,7 @@ import tempfile
 import time
 
 from ..plots import pyplot, save, verdict_lines
-from ..stats import fmt, mean
+from ..stats import clearly_above_paired, fmt, mean
 from .base import Experiment
 
 
@@ -97,11 +97,24 @@ def count_runs(size, experiments) -> int:
     return len(size.all_seeds) * size.spin_rounds
 
 
-def verdict(tok_means) -> str:
-    """From the mean token error by round (round 0 = the SFT start)."""
+def verdict(tok_means, final=None, control=None) -> str:
+    """From the mean token error by round (round 0 = the SFT start); with the per-seed ``final`` errors and the
+    SFT ``control`` at equal steps, the verdict adds whether SPIN beats more SFT (2 standard errors, 0.01)."""
     gains = [a - b for a, b in itertools.pairwise(tok_means)]
     if not gains:
         return "inconclusive (no round ran)"
+    text = _rounds_verdict(tok_means, gains)
+    if final and control and len(final) == len(control):
+        if clearly_above_paired(final, control, k=2, floor=0.01):
+            text += f"; plain SFT for the same steps does better ({mean(control):.3f} vs {mean(final):.3f})"
+        elif clearly_above_paired(control, final, k=2, floor=0.01):
+            text += f"; and SPIN beats plain SFT for the same steps ({mean(final):.3f} vs {mean(control):.3f})"
+        else:
+            text += f"; no clear difference from plain SFT for the same steps ({mean(control):.3f})"
+    return text
+
+
+def _rounds_verdict(tok_means, gains) -> str:
     best = tok_means[0] - min(tok_means[1:])
     text = "gains per round " + ", ".join(f"{g:+.3f}" for g in gains)
     if best < 0.02:
@@ -139,7 +152,28 @@ def section(res, out, results=None):
             f"| {k} | {fmt([r['sequence_error'] for r in rs])} | {fmt([r['token_error'] for r in rs])} | "
             f"{fmt([r.get('reward_margin') for r in rs])} | {fmt([r.get('kl') for r in rs])} | {sat} |"
         )
-    text = verdict(tok_means)
+    controls = [r["sft_control"] for r in runs if "sft_control" in r]
+    if controls:
+        lines += [
+            "",
+            (
+                f"**Control at equal steps**: the same student trained by plain SFT for the SFT start's steps plus "
+                f"as many steps as the SPIN rounds took ({controls[0]['steps']} steps): token error "
+                f"{fmt([c['token_error'] for c in controls])}, sequence error "
+                f"{fmt([c['sequence_error'] for c in controls])}; cost {fmt([c['seconds'] for c in controls], 1)} s "
+                f"against {fmt([r.get('seconds') for r in runs], 1)} s for the SFT start and SPIN's rounds. "
+                f"n = {len(runs)} student seeds."
+            ),
+        ]
+    saturated = sum(bool(x.get("saturated")) for r in runs for x in r["rounds"][1:])
+    lines += [
+        "",
+        (
+            "Saturation (SPINTrainer's own check on the reward margin): "
+            + (f"reached in {saturated} round(s)." if saturated else "no saturation observed in any round or seed.")
+        ),
+    ]
+    text = verdict(tok_means, [r["rounds"][-1]["token_error"] for r in runs], [c["token_error"] for c in controls])
     lines += ["", "Seed's prediction: fast improvement, then flat (saturation).", "", *verdict_lines(text, "spin")]
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5))
