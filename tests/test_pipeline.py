@@ -90,6 +90,7 @@ def test_three_stages_chain_one_adapter_and_write_the_summary(assets, tmp_path, 
         assert (out / entry["name"] / "adapter_config.json").exists()
         assert "trl-opd" in (out / entry["name"] / "README.md").read_text()
     assert "| polish | minillm | 2 |" in (out / "summary.md").read_text()
+    assert not list(out.glob("*/checkpoint-*"))  # a finished stage keeps its model, not its checkpoints
     assert "| online | gkd | 2 |" in capsys.readouterr().out
     # Each later stage starts from the adapter the previous stage saved (LoRA B is zero at a fresh start).
     for previous, stage in (("offline", "online"), ("online", "polish")):
@@ -106,6 +107,7 @@ def test_a_killed_pipeline_resumes_where_it_stopped(assets, tmp_path):
         run_pipeline(keys, callbacks=[KillAfterCheckpoint("online")])
     assert (tmp_path / "run" / "offline" / "stage.json").exists()
     assert not (tmp_path / "run" / "online" / "stage.json").exists()
+    assert (tmp_path / "run" / "online" / "checkpoint-1").is_dir()
     first_stage_mtime = (tmp_path / "run" / "offline" / "adapter_model.safetensors").stat().st_mtime_ns
     entries = run_pipeline(keys)  # the same command again
     assert (tmp_path / "run" / "offline" / "adapter_model.safetensors").stat().st_mtime_ns == first_stage_mtime

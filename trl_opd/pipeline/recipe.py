@@ -4,6 +4,7 @@
 output_dir: runs/smollm2            # the pipeline's folder: one sub-folder per stage
 max_steps: 40                       # the total optimizer-step budget
 measure_start: true                 # also measure the student before stage 1 (the summary's "start" row)
+keep_checkpoints: false             # (default) a finished stage keeps its model, not its checkpoint-N folders
 model_name_or_path: student/        # every other top-level key is a default for every stage that has it
 teacher_model_name_or_path: teacher/
 dataset_name: reasoning_gym:chain_sum
@@ -35,7 +36,7 @@ from .arguments import COMMANDS, EXTRA_YAML_KEYS, closest, unknown_key_message
 #: Keys of a stage besides its trainer's fields.
 STAGE_KEYS = ("name", "trainer", "budget")
 #: Keys only the pipeline sets per stage, or only the top level may set.
-PIPELINE_KEYS = ("output_dir", "max_steps", "stages", "measure_start")
+PIPELINE_KEYS = ("output_dir", "max_steps", "stages", "measure_start", "keep_checkpoints")
 #: Keys every stage must share (the model the stages continue), so they are top-level only.
 MODEL_KEY_PATTERN = re.compile(
     r"^(model_name_or_path|model_revision|use_peft|lora_.*|use_rslora|use_dora|load_in_.*|bnb_.*|use_bnb_nested_quant|"
@@ -76,6 +77,7 @@ class Recipe:
     stages: list[Stage]
     defaults: dict
     measure_start: bool = False
+    keep_checkpoints: bool = False
 
     def stage_dir(self, stage: Stage) -> str:
         return os.path.join(self.output_dir, stage.name)
@@ -153,9 +155,10 @@ def load_recipe(source: str | os.PathLike | dict, output_dir: str | None = None)
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
         raise RecipeError(f"{path}: max_steps must be the total number of optimizer steps (an integer >= 1), "
                           f"got {max_steps!r}.")  # fmt: skip
-    measure_start = raw.pop("measure_start", False)
-    if not isinstance(measure_start, bool):
-        raise RecipeError(f"{path}: measure_start must be true or false, got {measure_start!r}.")
+    flags = {key: raw.pop(key, False) for key in ("measure_start", "keep_checkpoints")}
+    for key, value in flags.items():
+        if not isinstance(value, bool):
+            raise RecipeError(f"{path}: {key} must be true or false, got {value!r}.")
     for key in raw:
         if key == "env":
             raise RecipeError(f"{path}: env is not supported in a recipe; set the variables in the shell.")
@@ -237,5 +240,4 @@ def load_recipe(source: str | os.PathLike | dict, output_dir: str | None = None)
         else:
             keys["max_steps"] = n
         stages.append(Stage(name=name, trainer=trainer, budget=budget, steps=n, keys=keys, overrides=own))
-    return Recipe(path=path, output_dir=str(output_dir), max_steps=max_steps, stages=stages, defaults=raw,
-                  measure_start=measure_start)  # fmt: skip
+    return Recipe(path=path, output_dir=str(output_dir), max_steps=max_steps, stages=stages, defaults=raw, **flags)

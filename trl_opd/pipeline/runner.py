@@ -9,7 +9,8 @@ For each stage (:class:`~trl_opd.pipeline.recipe.Stage`), in ``output_dir/<name>
    ``transformers.Trainer``'s ``resume_from_checkpoint`` (the trainers restore their random state exactly there,
    :class:`trl_opd.trainers.resume.ExactResumeMixin`); without a checkpoint it starts again;
 4. train, measure the held-out guards and task scores (:mod:`trl_opd.pipeline.measure`), save the model + card,
-   write ``stage.json``, then ``summary.json`` (the list of entries) and ``summary.md``, and print the table.
+   write ``stage.json`` (then delete the stage's ``checkpoint-N`` folders unless ``keep_checkpoints: true``), then
+   ``summary.json`` (the list of entries) and ``summary.md``, and print the table.
 
 An entry: ``{name, trainer, budget, steps, metrics, seconds, seconds_per_step, resumed_from, output_dir}``. With
 ``measure_start: true`` the first entry is ``start``: the student measured before stage 1 (``steps`` 0).
@@ -111,7 +112,24 @@ def run_stage(recipe: Recipe, stage: Stage, previous_dir: str | None, callbacks=
     gc.collect()
     _empty_cuda_cache()
     _write_json(os.path.join(stage_dir, STAGE_FILE), entry)
+    if not recipe.keep_checkpoints:
+        remove_checkpoints(stage_dir)
     return entry
+
+
+def remove_checkpoints(stage_dir: str) -> None:
+    """Delete a finished stage's ``checkpoint-N`` folders (SPIN: also its rounds'); a rerun never needs them."""
+    import glob
+    import shutil
+
+    folders = glob.glob(os.path.join(stage_dir, "checkpoint-*")) + glob.glob(
+        os.path.join(stage_dir, "round-*", "checkpoint-*")
+    )
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
+    if folders:
+        logger.info("%s: removed %d checkpoint folder(s) of the finished stage (keep_checkpoints: true keeps them).",
+                    stage_dir, len(folders))  # fmt: skip
 
 
 def _empty_cuda_cache():
