@@ -109,6 +109,7 @@ def test_a_killed_pipeline_resumes_where_it_stopped(assets, tmp_path):
     assert not (tmp_path / "run" / "online" / "stage.json").exists()
     assert (tmp_path / "run" / "online" / "checkpoint-1").is_dir()
     first_stage_mtime = (tmp_path / "run" / "offline" / "adapter_model.safetensors").stat().st_mtime_ns
+    (tmp_path / "run" / "online" / "checkpoint-2").mkdir()  # a kill while checkpoint-2 was written: skipped
     entries = run_pipeline(keys)  # the same command again
     assert (tmp_path / "run" / "offline" / "adapter_model.safetensors").stat().st_mtime_ns == first_stage_mtime
     assert entries[1]["resumed_from"].endswith("checkpoint-1") and entries[1]["steps"] == 2

@@ -211,10 +211,33 @@ def build_trainer(run: RunArguments, train, test, *, model=None, callbacks=None)
 
 
 def last_checkpoint(output_dir: str) -> str | None:
-    """The last ``checkpoint-N`` folder of ``output_dir`` (``None`` when there is none)."""
-    from transformers.trainer_utils import get_last_checkpoint
+    """The last complete ``checkpoint-N`` folder of ``output_dir`` (``None`` when there is none).
 
-    return get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+    ``transformers.Trainer`` writes ``trainer_state.json`` last; a folder without it is a checkpoint whose writing was
+    killed (measured: a kill during the model's write leaves ``checkpoint-N/`` without it, and resuming from it fails).
+    Such folders are skipped, with a logged count.
+    """
+    from transformers.trainer import TRAINER_STATE_NAME
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    if not os.path.isdir(output_dir):
+        return None
+    found = []
+    for name in os.listdir(output_dir):
+        step = name.removeprefix(f"{PREFIX_CHECKPOINT_DIR}-")
+        if step.isdigit() and os.path.isdir(os.path.join(output_dir, name)):
+            found.append((int(step), os.path.join(output_dir, name)))
+    incomplete = 0
+    for _, path in sorted(found, reverse=True):
+        if os.path.isfile(os.path.join(path, TRAINER_STATE_NAME)):
+            if incomplete:
+                logger.warning("skipped %d incomplete checkpoint(s) in %s (their writing was interrupted); resuming "
+                               "from %s.", incomplete, output_dir, path)  # fmt: skip
+            return path
+        incomplete += 1
+    if incomplete:
+        logger.warning("%s holds only incomplete checkpoints (%d): training starts again.", output_dir, incomplete)
+    return None
 
 
 def train(trainer, command: str, resume) -> tuple[int, str | None]:

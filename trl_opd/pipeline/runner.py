@@ -40,14 +40,17 @@ def keys_digest(stage: Stage) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def interrupted(stage: Stage, stage_dir: str) -> bool:
-    """Whether ``stage_dir`` holds a point to resume from (a ``checkpoint-N``; SPIN: a round or its pairs)."""
+def resume_point(stage: Stage, stage_dir: str) -> str | None:
+    """What an interrupted stage resumes from: its last complete ``checkpoint-N`` (SPIN: ``"rounds"``, a saved round or
+    its pairs); ``None`` when there is nothing to resume."""
+    from .run import last_checkpoint
+
     if not os.path.isdir(stage_dir):
-        return False
-    names = os.listdir(stage_dir)
+        return None
     if stage.trainer == "spin":
-        return any(n == "rounds.json" or n.startswith("round-") for n in names)
-    return any(n.startswith("checkpoint-") for n in names)
+        names = os.listdir(stage_dir)
+        return "rounds" if any(n == "rounds.json" or n.startswith("round-") for n in names) else None
+    return last_checkpoint(stage_dir)
 
 
 def previous_model(run, previous_dir: str):
@@ -85,11 +88,12 @@ def run_stage(recipe: Recipe, stage: Stage, previous_dir: str | None, callbacks=
     stage_dir = recipe.stage_dir(stage)
     run = parse_run(stage.trainer, stage.keys, where=f"{recipe.path}, stage {stage.name!r}")
     model = previous_model(run, previous_dir) if previous_dir else None
-    resume = interrupted(stage, stage_dir)
+    point = resume_point(stage, stage_dir)
+    resume = point is not None
     if resume:
-        print(f"[pipeline] {stage.name}: resuming from {stage_dir}")
+        print(f"[pipeline] {stage.name}: resuming from {point}")
     elif os.path.isdir(stage_dir):
-        logger.warning("%s exists without a checkpoint: stage %s starts again.", stage_dir, stage.name)
+        logger.warning("%s exists without a complete checkpoint: stage %s starts again.", stage_dir, stage.name)
     result = run_training(run, model=model, callbacks=callbacks, resume=resume or None, measure_before=measure_before,
                           card_extra=dict(stage=stage.name, pipeline=recipe.path))  # fmt: skip
     entry = {
