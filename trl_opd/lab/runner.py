@@ -16,9 +16,6 @@ from .provenance import provenance
 from .settings import RESULTS_SCHEMA, LabSize
 
 
-BACKGROUND = "compounding"  # the experiment that runs in a second process (the longest; it reuses no other's runs)
-
-
 def merge_teachers(per_teacher: dict[int, dict]) -> dict:
     """One experiment's results over several teacher seeds: the first teacher's fields, every run tagged with its
     ``teacher_seed``, and each teacher's other fields under ``by_teacher`` (one teacher: its results unchanged)."""
@@ -56,12 +53,16 @@ def _teachers(labs: dict[int, Lab]) -> dict:
     return out
 
 
-def _experiment_in_child(size: LabSize, teacher_seeds: list[int], name: str) -> tuple[dict, float, dict]:
-    """Run one experiment in a fresh process (its own Labs and teachers, trained from the same seeds); returns its
-    results, its seconds and the teachers it trained."""
+def _experiments_in_child(size: LabSize, teacher_seeds: list[int], names: list[str]) -> tuple[dict, dict, dict]:
+    """Run experiments in a fresh process (its own Labs and teachers, trained from the same seeds); returns their
+    results, their seconds and the teachers it trained."""
     labs = _labs(size, teacher_seeds)
-    start = time.perf_counter()
-    return _run_experiment(name, labs, {}), time.perf_counter() - start, _teachers(labs)
+    results, seconds, earlier = {}, {}, {}
+    for name in names:
+        start = time.perf_counter()
+        results[name] = _run_experiment(name, labs, earlier)
+        seconds[name] = time.perf_counter() - start
+    return results, seconds, _teachers(labs)
 
 
 def run_lab(
@@ -76,9 +77,10 @@ def run_lab(
 
     The chain experiments (:data:`~trl_opd.lab.experiments.CHAIN_EXPERIMENTS`) run once per teacher seed
     (``seed + t`` for t in ``size.teacher_seeds``; each run carries its ``teacher_seed``), the others once. With
-    ``parallel`` (the default on a machine with 2 or more cores) the compounding experiment, the longest, runs in a
-    second process while the others run in this one: each process uses one thread, and the second trains its own
-    copy of the chain teachers from the same seeds, so the numbers are those of a sequential run.
+    ``parallel`` (the default on a machine with 2 or more cores) the experiments in ``size.background`` (compounding,
+    the longest; with --full also the schedules) run in a second process while the others run in this one: each
+    process uses one thread, and the second trains its own copy of the chain teachers from the same seeds, so the
+    numbers are those of a sequential run.
     """
     if seed:
         size = copy.deepcopy(size)
@@ -97,25 +99,30 @@ def run_lab(
         "provenance": provenance(size, command, base_seed=seed, teacher_seeds=teacher_seeds),
     }
     background = pool = None
-    if parallel and BACKGROUND in experiments and len(set(experiments)) > 1:
+    second = [name for name in EXPERIMENTS if name in experiments and name in size.background]
+    if parallel and second and len(set(experiments) - set(second)) > 0:
         pool = concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
-        background = pool.submit(_experiment_in_child, size, teacher_seeds, BACKGROUND)
+        background = pool.submit(_experiments_in_child, size, teacher_seeds, second)
+    else:
+        second = []
     earlier: dict[int, dict] = {}
     try:
         for name in EXPERIMENTS:
-            if name not in experiments or (name == BACKGROUND and background):
+            if name not in experiments or name in second:
                 continue
             start = time.perf_counter()
             results[name] = _run_experiment(name, labs, earlier)
             results["seconds"][name] = time.perf_counter() - start
         teachers = _teachers(labs)
         if background is not None:
-            results[BACKGROUND], results["seconds"][BACKGROUND], child_teachers = background.result()
+            child_results, child_seconds, child_teachers = background.result()
+            results.update(child_results)
+            results["seconds"].update(child_seconds)
             for key, value in child_teachers.items():
                 teachers.setdefault(key, value)
             if progress is not None:
-                progress.set_postfix_str(f"{BACKGROUND} (second process)")
-                progress.update(count_runs(size, (BACKGROUND,)))
+                progress.set_postfix_str(f"{', '.join(second)} (second process)")
+                progress.update(count_runs(size, second))
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)

@@ -55,6 +55,8 @@ class LabSize:
     schedule_curve_points: int = 10
     # TIP warm-started: the student first trained by SFT for tip_warm_steps (0: no warm-started runs)
     tip_warm_steps: int = 300
+    # the experiments run in a second process when there are two cores (they reuse no other's runs)
+    background: list[str] = field(default_factory=lambda: ["compounding"])
 
     @property
     def all_seeds(self) -> list[int]:
@@ -83,16 +85,21 @@ SIZES = {
         samples_per_prompt=2,
     ),
     "quick": LabSize("quick", seeds=[0, 1], cheap_seeds=[2]),
+    # sized so that a --full run finishes in about an hour on a shared 2-core machine: 3 student seeds x 2 teacher
+    # seeds for the chain experiments, 5 seeds for modes and SPIN
     "full": LabSize(
         "full",
         seeds=[0, 1, 2],
         cheap_seeds=[3, 4],
-        compounding_steps=1000,
-        teacher_steps=1500,
-        gkd_steps=300,
-        gkd_lr=5e-3,
+        teacher_seeds=[0, 1],
+        compounding_steps=700,
+        teacher_steps=1000,
+        gkd_steps=200,
+        gkd_lr=7e-3,
         modes_steps=300,
-        spin_rounds=6,
-        samples_per_prompt=64,
+        spin_rounds=5,
+        schedule_steps=450,
+        samples_per_prompt=32,
+        background=["compounding", "schedules"],
     ),
 }
