@@ -99,6 +99,11 @@ def modes(res) -> str | None:
     top = {m: mean([r["top_mode"] for r in rs]) for m, rs in by.items()}
     between = {m: mean([r["between"] for r in rs]) for m, rs in by.items()}
     seeker = max(top, key=top.get)
+    if top[seeker] < 0.8:
+        return (
+            f"**Divergence on a task with several right answers: no method committed to one mode at this size** (best "
+            f"top-mode mass {top[seeker]:.2f}, {seeker.upper()})."
+        )
     return (
         f"**Divergence on a task with several right answers: to commit to one, {seeker.upper()}** (mass on its top "
         f"mode {top[seeker]:.2f}, between the modes {between[seeker]:.2f}); FKL spreads the mass (top mode "

@@ -90,7 +90,7 @@ def render(results: dict, out: Path, command: str) -> tuple[list[str], dict]:
             sections += section
     if summaries:
         lines += ["| experiment | verdict |", "|---|---|"]
-        lines += [f"| {name} | {s['verdict'].split(':')[0]} |" for name, s in summaries.items()]
+        lines += [f"| {name} | {s.get('short') or s['verdict'].split(':')[0]} |" for name, s in summaries.items()]
         lines.append("")
     return lines + sections + what_to_do(results), summaries
 

@@ -78,9 +78,9 @@ def run_lab(
     The chain experiments (:data:`~trl_opd.lab.experiments.CHAIN_EXPERIMENTS`) run once per teacher seed
     (``seed + t`` for t in ``size.teacher_seeds``; each run carries its ``teacher_seed``), the others once. With
     ``parallel`` (the default on a machine with 2 or more cores) the experiments in ``size.background`` (compounding,
-    the longest; with --full also the schedules) run in a second process while the others run in this one: each
-    process uses one thread, and the second trains its own copy of the chain teachers from the same seeds, so the
-    numbers are those of a sequential run.
+    the longest; with --full also SPIN and TIP, to balance the two) run in a second process while the others run in
+    this one: each process uses one thread, and the second trains its own copy of the chain teachers from the same
+    seeds, so the numbers are those of a sequential run.
     """
     if seed:
         size = copy.deepcopy(size)

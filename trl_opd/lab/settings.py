@@ -100,6 +100,6 @@ SIZES = {
         spin_rounds=5,
         schedule_steps=450,
         samples_per_prompt=32,
-        background=["compounding", "schedules"],
+        background=["compounding", "spin", "tip"],  # balances the two processes (schedules stays in the first)
     ),
 }

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 
 from ..plots import pyplot, save, verdict_lines
 from ..settings import MODE_METHODS
@@ -58,9 +59,13 @@ def run(lab, earlier=None, methods=MODE_METHODS, seeds=None) -> dict:
                     train_dataset=dataset,
                     processing_class=lab.tok,
                 )
+            start = time.perf_counter()
             quiet(trainer).train()
+            seconds = time.perf_counter() - start
             shutil.rmtree(common["output_dir"], ignore_errors=True)
-            runs.append({"method": method, "seed": seed, **lab.bimodal.mass(student, lab.tok)})
+            runs.append(
+                {"method": method, "seed": seed, "train_seconds": seconds, **lab.bimodal.mass(student, lab.tok)}
+            )
             lab.tick(f"modes {method} seed={seed}")
     return {"runs": runs, "student": "bigram (0-layer llama, hidden 16)"}
 
@@ -120,20 +125,22 @@ def section(res, out, results=None):
             "mixture (the FKL optimum) has 0.125 on each mode and 0.75 between; a one-mode bigram has 1.0 on its mode."
         ),
         "",
-        "| method | seed's prediction | mode 1 (ab) | mode 2 (ba) | top mode | between | p(a) first |",
-        "|---|---|---|---|---|---|---|",
+        f"n = {len({r['seed'] for r in runs})} seeds per method (mean [90 % bootstrap interval]).",
+        "",
+        "| method | seed's prediction | mode 1 (ab) | mode 2 (ba) | top mode | between | p(a) first | train seconds |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     if teacher:
         lines.append(
             f"| teacher | both modes | {teacher['mode_1']:.3f} | {teacher['mode_2']:.3f} | "
-            f"{teacher['top_mode']:.3f} | {teacher['between']:.3f} | {teacher['first_1']:.3f} |"
+            f"{teacher['top_mode']:.3f} | {teacher['between']:.3f} | {teacher['first_1']:.3f} | |"
         )
     for m in methods:
         rs = [r for r in runs if r["method"] == m]
         lines.append(
             f"| {m} | {MODE_PRED[m]} | "
             + " | ".join(fmt([r[k] for r in rs]) for k in ("mode_1", "mode_2", "top_mode", "between", "first_1"))
-            + " |"
+            + f" | {fmt([r.get('train_seconds') for r in rs], 1)} |"
         )
     text = verdict(res) if set(methods) == set(MODE_PRED) else "n/a (not every method ran)"
     lines += [
@@ -155,7 +162,20 @@ def section(res, out, results=None):
             vals = [mean([r[key] for r in runs if r["method"] == m]) for m in methods]
         ax.bar(methods, vals, bottom=bottom, label=label)
         bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
-    ax.set_ylabel("probability"), ax.legend(fontsize=7), ax.set_title("mass on each mode (bigram student)")
+    for k, m in enumerate(methods):  # each seed's top-mode mass and top + other + between (= 1) as points
+        rs = [r for r in runs if r["method"] == m]
+        ax.scatter([k - 0.15] * len(rs), [r["top_mode"] for r in rs], color="k", s=8, zorder=3)
+        ax.scatter(
+            [k + 0.15] * len(rs),
+            [r["top_mode"] + min(r["mode_1"], r["mode_2"]) for r in rs],
+            color="w",
+            s=8,
+            edgecolors="k",
+            zorder=3,
+        )
+    n = len({r["seed"] for r in runs})
+    ax.set_ylabel("probability"), ax.legend(fontsize=7)
+    ax.set_title(f"mass on each mode (bigram student), bars = mean, points = each of n = {n} seeds", fontsize=9)
     save(fig, out, "modes")
     return lines, {"verdict": text}
 

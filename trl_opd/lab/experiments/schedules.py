@@ -244,7 +244,7 @@ def section(res, out, results=None):
         *verdict_lines(text, "schedules"),
     ]
     _plot(res, names, out)
-    return lines, {"verdict": text, "best": min(names, key=lambda n: mean([r["token_error"] for r in runs_of(res, n)]))}
+    return lines, {"verdict": text, "short": text.split(" (")[0].split(";")[0]}
 
 
 def _plot(res, names, out):

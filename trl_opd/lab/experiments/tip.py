@@ -201,7 +201,8 @@ def section(res, out, results=None):
     lines += table
     text = verdict(tok, div)
     if warm:
-        starts = list(res.get("warm_start", {}).values())
+        by_teacher = res.get("by_teacher") or {"0": res}
+        starts = [s for part in by_teacher.values() for s in (part.get("warm_start") or {}).values()]
         table, wtok, wdiv = _table(warm)
         lines += [
             "",
@@ -212,7 +213,11 @@ def section(res, out, results=None):
             "",
             *table,
         ]
-        text = "cold start: " + text + "; warm start: " + verdict(wtok, wdiv)
+        warm_text = verdict(wtok, wdiv)
+        short = f"cold start: {text.split(':')[0]}; warm start: {warm_text.split(':')[0]}"
+        text = "cold start: " + text + "; warm start: " + warm_text
+    else:
+        short = text.split(":")[0]
     lines += [
         "",
         (
@@ -232,7 +237,7 @@ def section(res, out, results=None):
         ax.set_xticks(range(len(rows(rs_all))), [label for label, *_ in rows(rs_all)], rotation=20, fontsize=7)
         ax.set_ylabel("token error"), ax.set_title(f"{start} start: per-run points, bar = mean")
     save(fig, out, "tip")
-    return lines, {"verdict": text}
+    return lines, {"verdict": text, "short": short}
 
 
 EXPERIMENT = Experiment(NAME, run, section, count_runs)
