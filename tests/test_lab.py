@@ -328,6 +328,7 @@ def _schedule_runs(values, copies=None, task="chain"):
                     "seed": seed,
                     "token_error": e,
                     "train_seconds": 10.0 if label == "λ=0" else 20.0,
+                    "on_policy_fraction": {"λ=0.5": 0.5, "λ=1": 1.0, "three_phase": 0.6}.get(label, 0.0),
                     "shortcut": {"copy": copy},
                     "curve": [
                         {"step": 10, "seconds": 5.0, "token_error": e + 0.1},
@@ -347,18 +348,24 @@ def test_schedule_verdict_and_diagnosis_on_synthetic_numbers():
     }
     copies = {"λ=0.5": [0.6, 0.65, 0.62], "λ=1": [0.2, 0.22, 0.21]}
     control = {"λ=0.5": [0.1, 0.12, 0.1], "λ=1": [0.1, 0.11, 0.1]}
-    res = {"runs": _schedule_runs(chain, copies) + _schedule_runs(control, task="control")}
+    res = {"steps": 20, "runs": _schedule_runs(chain, copies) + _schedule_runs(control, task="control")}
     v = schedules.verdict(res)
     assert v.startswith("λ=1 is best at equal steps") and "teach the period-4 shortcut" in v, v
+    # λ=1 after 10 of its 20 steps (as many on-policy rows as λ=0.5 had) is at 0.2: λ=0.5 (0.31) is worse than that
+    assert schedules.equal_on_policy(res, "λ=0.5") == pytest.approx([0.2, 0.21, 0.2])
+    assert "actively hurt" in schedules.diagnosis(res, "λ=0.5")
+    diluted = {**chain, "λ=0.5": [0.2, 0.21, 0.2]}
+    assert "dilutes" in schedules.diagnosis({"steps": 20, "runs": _schedule_runs(diluted, copies)}, "λ=0.5")
     assert schedules.equal_time_budget(res) == 10.0 and schedules.at_seconds(res["runs"][-1], 10.0) == 0.2
     # mixing loses on the control chain too: not the shortcut
     res = {
+        "steps": 20,
         "runs": _schedule_runs(chain, copies)
-        + _schedule_runs({"λ=0.5": [0.3, 0.32, 0.3], "λ=1": [0.1, 0.1, 0.1]}, task="control")
+        + _schedule_runs({"λ=0.5": [0.3, 0.32, 0.3], "λ=1": [0.1, 0.1, 0.1]}, task="control"),
     }
-    assert "not (only) the shortcut" in schedules.verdict(res)
+    assert "not the period-4 shortcut" in schedules.verdict(res)
     # a tie: nothing clearly best
-    res = {"runs": _schedule_runs({"λ=0.5": [0.1, 0.2, 0.15], "λ=1": [0.15, 0.1, 0.2]})}
+    res = {"steps": 20, "runs": _schedule_runs({"λ=0.5": [0.1, 0.2, 0.15], "λ=1": [0.15, 0.1, 0.2]})}
     assert schedules.verdict(res).startswith("no setting is clearly best")
 
 

@@ -69,8 +69,8 @@ def schedules(res) -> str | None:
             text += f", {label} {mean(tok[label]):.3f} ({secs[label]:.0f} s)"
     if fastest is not None:
         text += f"; at an equal {budget:.0f} s of training the best is {fastest} ({at_budget[fastest]:.3f})"
-    why = sched.diagnosis(res)
-    return text + "." + (f" Why: {why}." if why else "")
+    whys = [f"{label}: {d}" for label in sched.MIXED if (d := sched.diagnosis(res, label))]
+    return text + "." + (" Why the mixed settings lose or not: " + "; ".join(whys) + "." if whys else "")
 
 
 def ablation(res) -> str | None:

@@ -16,6 +16,7 @@ CONSTANTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 SCHEDULES = ("linear", "three_phase")
 CONTROL = {"a": 1, "b": 3}  # x_t = x_t-1 + 3 x_t-2 mod 5: period 24 on every prompt
 CONTROL_SETTINGS = ("λ=0.5", "three_phase", "λ=1")  # the settings rerun on the control chain
+MIXED = ("λ=0.5", "three_phase")  # the mixed settings whose loss against λ = 1 is diagnosed
 
 
 def settings() -> list[tuple[str, float, dict]]:
@@ -151,34 +152,70 @@ def verdict(res) -> str:
         head = f"{best} is best at equal steps ({facts})"
     else:
         head = f"no setting is clearly best at equal steps; lowest: {best} ({facts})"
-    why = diagnosis(res)
-    return head + ("; " + why if why else "")
+    whys = [f"why {label} loses: {d}" for label in MIXED if (d := diagnosis(res, label)) and "not clearly" not in d]
+    return head + "".join("; " + w for w in whys)
 
 
-def diagnosis(res) -> str:
-    """The period-4 account of mixing's loss, tested on the numbers (empty when λ = 0.5 or λ = 1 is missing)."""
-    if not runs_of(res, "λ=0.5") or not runs_of(res, "λ=1"):
+def at_step(run: dict, step: float) -> float | None:
+    """Token error of ``run``'s learning curve at the last point at or before ``step``."""
+    points = [p for p in run.get("curve", []) if p["step"] <= step + 1e-9]
+    return points[-1]["token_error"] if points else None
+
+
+def equal_on_policy(res, label, task="chain") -> list[float | None]:
+    """Per run of ``label``: λ = 1's token error (same seeds, its learning curve) after as many on-policy rows as
+    ``label`` trained on in all (on-policy share × steps)."""
+    full = {unit(r): r for r in runs_of(res, "λ=1", task)}
+    out = []
+    for r in runs_of(res, label, task):
+        ref = full.get(unit(r))
+        share = r.get("on_policy_fraction")
+        out.append(at_step(ref, share * res["steps"]) if ref is not None and share is not None else None)
+    return out
+
+
+def diagnosis(res, label="λ=0.5") -> str:
+    """Why ``label`` (a mixed setting) loses against λ = 1, tested on the numbers (empty when either is missing):
+
+    * *dilution*: it is no worse than λ = 1 after as many on-policy rows (its learning curve), so the off-policy
+      rows add nothing and mixing only removes on-policy updates; *interference*: it is clearly worse than that, so
+      the off-policy rows actively hurt;
+    * *the period-4 shortcut*: it copies the digit 4 back off the track clearly more often than λ = 1, and its gap
+      to λ = 1 shrinks by half or more on the control chain (no shortcut)."""
+    if not runs_of(res, label) or not runs_of(res, "λ=1"):
         return ""
-    tok = {n: [r["token_error"] for r in runs_of(res, n)] for n in ("λ=0.5", "λ=1")}
-    copy = {n: [r["shortcut"]["copy"] for r in runs_of(res, n)] for n in ("λ=0.5", "λ=1")}
-    worse = clearly_above_paired(tok["λ=0.5"], tok["λ=1"], k=2.0, floor=0.02)
-    copies_more = clearly_above_paired(copy["λ=0.5"], copy["λ=1"], k=2.0, floor=0.05)
-    gap = paired_gap(tok["λ=0.5"], tok["λ=1"])[0]
-    text = (
-        f"λ=0.5 vs λ=1 token error {mean(tok['λ=0.5']):.3f} vs {mean(tok['λ=1']):.3f}; copy-4-back share off the "
-        f"track {num(mean(copy['λ=0.5']), 2)} vs {num(mean(copy['λ=1']), 2)} (chance 0.2)"
-    )
-    control = {n: [r["token_error"] for r in runs_of(res, n, "control")] for n in ("λ=0.5", "λ=1")}
-    if all(control.values()):
-        c_gap = paired_gap(control["λ=0.5"], control["λ=1"])[0]
-        text += f"; on the control chain (no shortcut) {mean(control['λ=0.5']):.3f} vs {mean(control['λ=1']):.3f}"
-        if worse and copies_more and c_gap < 0.5 * gap:
-            return "the off-policy rows teach the period-4 shortcut: " + text
-        if worse and c_gap >= 0.5 * gap:
-            return "mixing loses on the control chain too, so not (only) the shortcut: " + text
+    tok = [r["token_error"] for r in runs_of(res, label)]
+    one = [r["token_error"] for r in runs_of(res, "λ=1")]
+    if len(tok) != len(one):
+        return ""
+    worse = clearly_above_paired(tok, one, k=2.0, floor=0.02)
+    text = f"{label} {mean(tok):.3f} vs λ=1 {mean(one):.3f}"
     if not worse:
-        return "λ=0.5 is not clearly worse than λ=1 here: " + text
-    return text
+        return f"{label} is not clearly worse than λ=1 here ({text})"
+    facts, causes = [text], []
+    same_rows = equal_on_policy(res, label)
+    if all(v is not None for v in same_rows):
+        facts.append(f"λ=1 after as many on-policy rows {mean(same_rows):.3f}")
+        if clearly_above_paired(tok, same_rows, k=2.0, floor=0.02):
+            causes.append("the off-policy rows actively hurt (worse than λ=1 after as many on-policy rows)")
+        else:
+            causes.append(
+                "mixing dilutes: it matches λ=1 after as many on-policy rows, the off-policy rows add nothing"
+            )
+    copy = [r["shortcut"]["copy"] for r in runs_of(res, label)]
+    copy_one = [r["shortcut"]["copy"] for r in runs_of(res, "λ=1")]
+    facts.append(f"copies 4 back off the track {num(mean(copy), 2)} vs {num(mean(copy_one), 2)} (chance 0.2)")
+    gap = paired_gap(tok, one)[0]
+    control = [r["token_error"] for r in runs_of(res, label, "control")]
+    control_one = [r["token_error"] for r in runs_of(res, "λ=1", "control")]
+    if control and len(control) == len(control_one):
+        c_gap = paired_gap(control, control_one)[0]
+        facts.append(f"on the control chain (no shortcut) {mean(control):.3f} vs {mean(control_one):.3f}")
+        if clearly_above_paired(copy, copy_one, k=2.0, floor=0.05) and c_gap < 0.5 * gap:
+            causes.append("the off-policy rows teach the period-4 shortcut (more copying; the gap shrinks without it)")
+        elif c_gap >= 0.5 * gap:
+            causes.append("not the period-4 shortcut (the gap stays on the control chain)")
+    return ("; ".join(causes) or "no cause identified") + " (" + "; ".join(facts) + ")"
 
 
 def _cost(res, label, task="chain") -> str:
@@ -204,8 +241,8 @@ def section(res, out, results=None):
         ),
         "",
         "| setting | token error (equal steps) | sequence error | after first error | copies 4 back | token error at "
-        f"{budget:.1f} s | train seconds | on-policy share |",
-        "|---|---|---|---|---|---|---|---|",
+        f"{budget:.1f} s | train seconds | on-policy share | λ=1 after as many on-policy rows |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for label in names:
         rs = runs_of(res, label)
@@ -213,7 +250,7 @@ def section(res, out, results=None):
             f"| {label} | {fmt([r['token_error'] for r in rs])} | {fmt([r['sequence_error'] for r in rs])} | "
             f"{fmt([r['after_first'] for r in rs], 2)} | {fmt([r['shortcut']['copy'] for r in rs], 2)} | "
             f"{fmt([at_seconds(r, budget) for r in rs])} | {_cost(res, label)} | "
-            f"{fmt([r['on_policy_fraction'] for r in rs], 2)} |"
+            f"{fmt([r['on_policy_fraction'] for r in rs], 2)} | {fmt(equal_on_policy(res, label))} |"
         )
     control = labels(res, "control")
     if control:
