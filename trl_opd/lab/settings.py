@@ -85,21 +85,14 @@ SIZES = {
         samples_per_prompt=2,
     ),
     "quick": LabSize("quick", seeds=[0, 1], cheap_seeds=[2]),
-    # sized so that a --full run finishes in about an hour on a shared 2-core machine: 3 student seeds x 2 teacher
-    # seeds for the chain experiments, 5 seeds for modes and SPIN
+    # 3 student seeds x 2 teacher seeds for the chain experiments (5 seeds for modes and SPIN) at --quick's steps and
+    # half its samples: what fits in about an hour on a shared 2-core machine (longer training did not fit)
     "full": LabSize(
         "full",
         seeds=[0, 1, 2],
         cheap_seeds=[3, 4],
         teacher_seeds=[0, 1],
-        compounding_steps=700,
-        teacher_steps=1000,
-        gkd_steps=200,
-        gkd_lr=7e-3,
-        modes_steps=300,
-        spin_rounds=5,
-        schedule_steps=450,
-        samples_per_prompt=32,
+        samples_per_prompt=16,
         background=["compounding", "spin", "tip"],  # balances the two processes (schedules stays in the first)
     ),
 }
