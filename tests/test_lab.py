@@ -398,3 +398,51 @@ def test_what_to_do_is_computed_from_the_numbers():
     lines = advice.what_to_do({"spin": spin_res, "compounding": comp})
     assert lines[0] == "## What to do" and sum(line.startswith("- ") for line in lines) == 2
     assert advice.what_to_do({}) == []
+
+
+def test_results_of_runs_side_by_side_merge_into_one_report(tmp_path):
+    """--from-results A B: two runs of one size with different experiments render as one report."""
+    base = {"schema": 1, "size": dataclasses.asdict(SIZES["smoke"]), "seconds": {}, "teachers": {}}
+    spin_part = {
+        **base,
+        "experiments": ["spin"],
+        "seconds": {"spin": 3.0},
+        "wall_seconds": 5.0,
+        "spin": {
+            "T": 3,
+            "sft_steps": 4,
+            "steps_per_round": 2,
+            "runs": [{"seed": 0, "rounds": [{"round": 0, "token_error": 0.5, "sequence_error": 0.9}]}],
+        },
+    }
+    modes_part = {
+        **base,
+        "experiments": ["modes"],
+        "seconds": {"modes": 2.0},
+        "wall_seconds": 7.0,
+        "modes": {
+            "runs": [
+                {
+                    "method": "fkl",
+                    "seed": 0,
+                    "mode_1": 0.1,
+                    "mode_2": 0.1,
+                    "top_mode": 0.1,
+                    "between": 0.8,
+                    "first_1": 0.5,
+                }
+            ]
+        },
+    }
+    for name, part in (("a", spin_part), ("b", modes_part)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(part))
+    out = tmp_path / "merged"
+    assert (
+        main(["lab", "--from-results", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--output", str(out)]) == 0
+    )
+    report = (out / "report.md").read_text()
+    assert "## 2. Mode covering" in report and "## 4. SPIN" in report and "7 s of wall time" in report
+    # the same experiment twice, or two sizes, are refused with the fix named
+    assert (
+        main(["lab", "--from-results", str(tmp_path / "a.json"), str(tmp_path / "a.json"), "--output", str(out)]) == 2
+    )

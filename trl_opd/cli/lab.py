@@ -13,7 +13,8 @@ def register(subparsers) -> None:
         "lab",
         help="run the tutorial's experiments for real on tiny tasks and write a report",
         description=(
-            "The OPD lab: error compounding, mode covering vs seeking, the GKD ablation, SPIN rounds and TIP, each run "
+            "The OPD lab: error compounding, mode covering vs seeking, the GKD ablation, SPIN rounds, TIP and λ "
+            "schedules, each run "
             "with the package's trainers on tiny synthetic tasks with a teacher trained inside the lab. Writes "
             "report.md, results.json and PNG plots. No downloads; --quick takes a few minutes on 2 CPU cores."
         ),
@@ -24,10 +25,14 @@ def register(subparsers) -> None:
         dest="size",
         action="store_const",
         const="quick",
-        help="(default) 2-3 seeds, T up to 40, ~3.5 min on 2 cores",
+        help="(default) 2-3 seeds, one teacher seed, T up to 40, several minutes on 2 cores",
     )
     size.add_argument(
-        "--full", dest="size", action="store_const", const="full", help="3-5 seeds, T up to 40, more steps and samples"
+        "--full",
+        dest="size",
+        action="store_const",
+        const="full",
+        help="3 student x 2 teacher seeds",
     )
     size.add_argument("--smoke", dest="size", action="store_const", const="smoke", help="seconds-long pipeline check")
     parser.add_argument("--output", default="opd-lab", help="output folder (default: opd-lab)")
@@ -42,8 +47,10 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--from-results",
         metavar="FILE",
+        nargs="+",
         default=None,
-        help="re-render the report from a results.json written by an earlier run (runs nothing)",
+        help="re-render the report from the results.json of an earlier run, or of several runs of the same size with "
+        "different --experiments (merged; runs nothing)",
     )
     parser.set_defaults(func=run_lab_command, size="quick")
 
@@ -54,10 +61,11 @@ def run_lab_command(args: argparse.Namespace) -> int:
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     if args.from_results:
         from ..lab import load_results, write_report
+        from ..lab.report import merge_results
 
         try:
-            results = load_results(args.from_results)
-        except FileNotFoundError as error:
+            results = merge_results([load_results(path) for path in args.from_results])
+        except (FileNotFoundError, ValueError) as error:
             raise UsageError(str(error)) from None
         print(f"report: {write_report(results, args.output)}")
         return 0

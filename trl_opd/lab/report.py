@@ -44,9 +44,44 @@ def load_results(path: str | Path) -> dict:
     return upgrade_results(json.loads(path.read_text()))
 
 
+def merge_results(parts: list[dict]) -> dict:
+    """One results dict from several runs of the same size with different experiments (e.g. run side by side with
+    ``--experiments``): the experiments, their seconds and teachers together; ``wall_seconds`` is the longest part's
+    (the parts ran at the same time) and ``provenance["parts"]`` keeps each part's provenance."""
+    if len(parts) == 1:
+        return parts[0]
+    sizes = {p["size"]["name"] for p in parts}
+    if len(sizes) > 1:
+        raise ValueError(f"results of different sizes ({', '.join(sorted(sizes))}) cannot be merged; pass one size.")
+    merged = json.loads(json.dumps(parts[0]))
+    merged["experiments"] = []
+    for part in parts:
+        for name in part["experiments"]:
+            if name in merged["experiments"]:
+                raise ValueError(f"experiment {name!r} is in more than one of the results; pass each once.")
+            merged["experiments"].append(name)
+            merged[name] = part[name]
+        merged["seconds"].update(part.get("seconds", {}))
+        for key, value in part.get("teachers", {}).items():
+            merged.setdefault("teachers", {}).setdefault(key, value)
+    walls = [p.get("wall_seconds") for p in parts if p.get("wall_seconds") is not None]
+    if walls:
+        merged["wall_seconds"] = max(walls)
+    if all("provenance" in p for p in parts):
+        merged["provenance"] = {**parts[0]["provenance"], "parts": [p["provenance"] for p in parts]}
+        merged["provenance"]["wall_seconds"] = merged.get("wall_seconds")
+        merged["provenance"]["command"] = " + ".join(p["provenance"].get("command") or "?" for p in parts)
+    merged.pop("command", None)
+    return merged
+
+
 def default_command(results: dict) -> str:
     """The command that produced ``results`` (stored since layout 1; rebuilt from the size before)."""
-    return results.get("command") or "trl-opd lab --" + results["size"]["name"]
+    return (
+        results.get("command")
+        or (results.get("provenance") or {}).get("command")
+        or "trl-opd lab --" + results["size"]["name"]
+    )
 
 
 def render(results: dict, out: Path, command: str) -> tuple[list[str], dict]:
