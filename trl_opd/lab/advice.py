@@ -65,7 +65,7 @@ def schedules(res) -> str | None:
         f"({secs[second]:.0f} s)"
     )
     for label in ("three_phase", "λ=0.5"):
-        if label in tok and label != best:
+        if label in tok and label not in (best, second):
             text += f", {label} {mean(tok[label]):.3f} ({secs[label]:.0f} s)"
     if fastest is not None:
         text += f"; at an equal {budget:.0f} s of training the best is {fastest} ({at_budget[fastest]:.3f})"
