@@ -76,7 +76,8 @@ class KillAfterCheckpoint(TrainerCallback):
 def test_three_stages_chain_one_adapter_and_write_the_summary(assets, tmp_path, capsys):
     out = tmp_path / "run"
     seen = FirstLoraWeight()
-    entries = run_pipeline(recipe(assets, out, measure_start=True), callbacks=[seen])
+    keys = recipe(assets, out, measure_start=True, curriculum={})  # the curriculum: a default of the GKD stages only
+    entries = run_pipeline(keys, callbacks=[seen])
     assert [e["name"] for e in entries] == ["start", "offline", "online", "polish"]
     assert [e["steps"] for e in entries] == [0, 2, 2, 2]
     summary = json.loads((out / "summary.json").read_text())
@@ -90,6 +91,8 @@ def test_three_stages_chain_one_adapter_and_write_the_summary(assets, tmp_path, 
         assert (out / entry["name"] / "adapter_config.json").exists()
         assert "trl-opd" in (out / entry["name"] / "README.md").read_text()
     assert "| polish | minillm | 2 |" in (out / "summary.md").read_text()
+    assert "curriculum" in (out / "online" / "README.md").read_text()
+    assert "curriculum" not in (out / "polish" / "README.md").read_text()
     assert not list(out.glob("*/checkpoint-*"))  # a finished stage keeps its model, not its checkpoints
     assert "| online | gkd | 2 |" in capsys.readouterr().out
     # Each later stage starts from the adapter the previous stage saved (LoRA B is zero at a fresh start).
@@ -143,6 +146,7 @@ def test_a_killed_pipeline_resumes_where_it_stopped(assets, tmp_path):
         ({"extrapolation_lambda": 1.5, "stages": [{"name": "a", "trainer": "gkd", "budget": 1.0}]}, "(keys of gkd)"),
         ({"max_steps": 2}, "budget 0.33 of max_steps 2 is 1 steps"),
         ({"beta": 0.5}, "beta means something else in each of gkd, minillm (GKD: the generalized JSD"),
+        ({"stages": [{"name": "a", "trainer": "minillm", "budget": 1.0, "curriculum": {}}]}, "not a hook of minillm"),
     ],
 )
 def test_bad_recipes_are_refused_naming_the_key_and_the_fix(assets, tmp_path, change, message):

@@ -28,6 +28,14 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "spin": ("OPDScriptArguments", "TeacherPathArguments", "SPINConfig", "ModelConfig"),
 }
 
+#: The hooks each trainer takes (the others are refused when set for it, and skipped as recipe-wide defaults).
+HOOKS_BY_TRAINER = {
+    "gkd": ("token_importance", "prefix_filter", "curriculum"),
+    "minillm": ("token_importance", "prefix_filter"),
+    "spin": ("prefix_filter",),
+}
+HOOKS = ("token_importance", "prefix_filter", "curriculum")
+
 #: Defaults on a machine without CUDA (TRL's configs default to bf16 and gradient checkpointing, the examples' way).
 CPU_DEFAULTS = {"bf16": False, "use_cpu": True, "gradient_checkpointing": False}
 

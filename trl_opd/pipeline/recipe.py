@@ -17,9 +17,10 @@ stages:
 
 Stage ``i`` trains ``round(budget_i · max_steps)`` optimizer steps (the last stage takes the rest, so the stages add
 up to ``max_steps`` exactly); a SPIN stage spreads its steps over its rounds (``max_steps // max_rounds`` DPO steps per
-round). A top-level key applies to the stages whose trainer has it (``lmbda`` to GKD stages only) and must belong to
-at least one of them. The model keys (``model_name_or_path``, ``use_peft``, ``lora_*``, quantization) are top-level
-only: every stage continues the same model. Every mistake is refused naming the key and the fix (:func:`load_recipe`).
+round). A top-level key applies to the stages whose trainer has it (``lmbda`` to GKD stages only; a hook to the trainers
+that take it: ``curriculum`` to GKD) and must belong to at least one of them. The model keys
+(``model_name_or_path``, ``use_peft``, ``lora_*``, quantization) are top-level only: every stage continues the same
+model. Every mistake is refused naming the key and the fix (:func:`load_recipe`).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from .arguments import COMMANDS, EXTRA_YAML_KEYS, closest, unknown_key_message
+from .arguments import COMMANDS, EXTRA_YAML_KEYS, HOOKS, HOOKS_BY_TRAINER, closest, unknown_key_message
 
 
 #: Keys of a stage besides its trainer's fields.
@@ -223,12 +224,17 @@ def load_recipe(source: str | os.PathLike | dict, output_dir: str | None = None)
             if MODEL_KEY_PATTERN.match(key):
                 raise RecipeError(f"{where}: {key} is a model key; set it at the top level (every stage continues "
                                   "the same model).")  # fmt: skip
+            if key in HOOKS and key not in HOOKS_BY_TRAINER[trainer] and own[key] not in (None, False):
+                raise RecipeError(f"{where}: {key} is not a hook of {trainer} (it takes "
+                                  f"{', '.join(HOOKS_BY_TRAINER[trainer])}); remove it from this stage.")  # fmt: skip
             if key not in valid[trainer] and key not in EXTRA_YAML_KEYS:
                 raise RecipeError(unknown_key_message(key, valid[trainer] | set(STAGE_KEYS), where)
                                   + f" ({trainer} keys)")  # fmt: skip
         check_paths(own, where)
         _check_reward_funcs(own, where)
-        keys = {k: v for k, v in raw.items() if k in valid[trainer]}
+        keys = {
+            k: v for k, v in raw.items() if k in valid[trainer] and (k not in HOOKS or k in HOOKS_BY_TRAINER[trainer])
+        }
         keys.update(own)
         keys["output_dir"] = os.path.join(output_dir, name)
         if trainer == "spin":

@@ -17,7 +17,7 @@ import logging
 import os
 import time
 
-from .arguments import RunArguments
+from .arguments import HOOKS_BY_TRAINER, RunArguments
 
 
 logger = logging.getLogger(__name__)
@@ -192,6 +192,10 @@ def build_trainer(run: RunArguments, train, test, *, model=None, callbacks=None)
     if given:
         args.model_init_kwargs = None  # the model is already loaded
     hooks = build_hooks(script)
+    unsupported = sorted(set(hooks) - set(HOOKS_BY_TRAINER[run.command]))
+    if unsupported:
+        takes = ", ".join(HOOKS_BY_TRAINER[run.command])
+        raise ValueError(f"{', '.join(unsupported)}: not a hook of {run.command} (it takes {takes}); remove it.")
     verifiers = [resolve_verifier(name, script, "train") for name in script.reward_funcs or []]
     if run.command == "gkd":
         success = verifiers[0] if verifiers and "curriculum" in hooks else None
@@ -199,14 +203,9 @@ def build_trainer(run: RunArguments, train, test, *, model=None, callbacks=None)
             teacher_model=run.teacher, train_dataset=train, eval_dataset=test, success_func=success, **hooks, **common
         )
     if run.command == "minillm":
-        if "curriculum" in hooks:
-            raise ValueError("curriculum applies to gkd only; MiniLLM samples prompts like GRPO (remove `curriculum`).")
         if "completion" in train.column_names:
             train = train.remove_columns("completion")
         return MiniLLMTrainer(teacher_model=run.teacher, reward_funcs=verifiers, train_dataset=train, **hooks, **common)
-    unsupported = sorted(set(hooks) - {"prefix_filter"})
-    if unsupported:
-        raise ValueError(f"{', '.join(unsupported)} apply to gkd and minillm; SPIN takes prefix_filter only.")
     return SPINTrainer(train_dataset=train, **hooks, **common)
 
 
