@@ -8,7 +8,8 @@ Rows (every trained row takes the same number of optimizer steps, the same batch
 * ``on_policy``: on-policy only, λ = 1;
 * ``pipeline``: three stages run one after the other, each a trl_opd ``GKDTrainer`` continuing from the previous
   stage's weights: λ = 0 warm-up, a λ ramp (linear 0.3 -> 0.7), then λ = 1 (budget fractions ``PIPELINE``);
-* ``trl``: ``trl.DistillationTrainer`` (TRL 1.16's own on-policy trainer), with the same divergence as the others;
+* ``trl``: ``trl.DistillationTrainer`` (TRL 1.16's own on-policy trainer) with TRL's default divergence, β = 1
+  (reverse KL; ``--trl_beta 0.5`` gives the others' JSD, and then it trains exactly like ``on_policy``);
 * ``teacher``: the teacher itself, as a reference (its divergences to itself are 0).
 
 Columns, on ``--eval_size`` held-out problems (reasoning-gym seed 1; training problems, seed 0, whose question is
@@ -218,7 +219,7 @@ def train(row: str, seed: int, args, student, teacher, tokenizer, train_dataset,
             trainer = DistillationTrainer(
                 model=model,
                 teacher_model=teacher,
-                args=DistillationConfig(**common),
+                args=DistillationConfig(**(common | {"beta": args.trl_beta})),
                 train_dataset=train_dataset.select_columns(["prompt"]),
                 processing_class=tokenizer,
             )
@@ -267,8 +268,8 @@ def run(args) -> dict:
     )
     results = record.setdefault("results", {})
     workdir = Path(args.workdir)
-    for row in args.rows:
-        for seed in args.seeds:
+    for seed in args.seeds:  # seed by seed: a run stopped early still has every row of its first seeds
+        for row in args.rows:
             if any(r["seed"] == seed for r in results.get(row, [])):
                 continue
             start = time.perf_counter()
@@ -328,7 +329,8 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=16, help="optimizer steps of every trained row")
     parser.add_argument("--batch_size", type=int, default=4)
     parser.add_argument("--learning_rate", type=float, default=5e-5)
-    parser.add_argument("--beta", type=float, default=0.5, help="generalized JSD β of every trainer")
+    parser.add_argument("--beta", type=float, default=0.5, help="generalized JSD β of the trl_opd rows")
+    parser.add_argument("--trl_beta", type=float, default=1.0, help="β of trl.DistillationTrainer (TRL's default)")
     parser.add_argument("--max_completion_length", type=int, default=32)
     parser.add_argument("--train_size", type=int, default=256)
     parser.add_argument("--eval_size", type=int, default=32)

@@ -81,7 +81,13 @@ def test_drop_overlap_removes_held_out_questions():
 @pytest.mark.parametrize("row", ["pipeline", "trl"])
 def test_a_row_trains_its_steps_on_tiny_models(row, tok, dataset, tmp_path):
     args = types.SimpleNamespace(
-        steps=3, batch_size=4, learning_rate=1e-2, max_completion_length=4, beta=0.5, workdir=str(tmp_path)
+        steps=3,
+        batch_size=4,
+        learning_rate=1e-2,
+        max_completion_length=4,
+        beta=0.5,
+        trl_beta=1.0,
+        workdir=str(tmp_path),
     )
     student = tiny_llama(len(tok), tokenizer=tok, seed=1)
     before = {k: v.clone() for k, v in student.state_dict().items()}
