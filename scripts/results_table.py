@@ -8,6 +8,8 @@ Rows (every trained row takes the same number of optimizer steps, the same batch
 * ``on_policy``: on-policy only, λ = 1;
 * ``pipeline``: three stages run one after the other, each a trl_opd ``GKDTrainer`` continuing from the previous
   stage's weights: λ = 0 warm-up, a λ ramp (linear 0.3 -> 0.7), then λ = 1 (budget fractions ``PIPELINE``);
+* ``pipeline_api``: the same three stages run by ``trl_opd.pipeline.run_pipeline`` (what ``trl-opd pipeline`` runs):
+  each stage saves its model and the next loads it from that folder;
 * ``trl``: ``trl.DistillationTrainer`` (TRL 1.16's own on-policy trainer) with TRL's default divergence, β = 1
   (reverse KL; ``--trl_beta 0.5`` gives the others' JSD, and then it trains exactly like ``on_policy``);
 * ``teacher``: the teacher itself, as a reference (its divergences to itself are 0).
@@ -45,13 +47,14 @@ logger = logging.getLogger("results_table")
 
 #: The task's settings: one-digit products, where the teacher scores well (scripts/teacher_pass_rates.py).
 TASK_CONFIG = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}
-ROWS = ("before", "kd", "gkd", "on_policy", "pipeline", "trl", "teacher")
+ROWS = ("before", "kd", "gkd", "on_policy", "pipeline", "pipeline_api", "trl", "teacher")
 LABELS = {
     "before": "before training",
     "kd": "off-policy only: supervised KD, λ = 0",
     "gkd": "GKD λ = 0.5",
     "on_policy": "on-policy only: λ = 1",
-    "pipeline": "three-stage pipeline (λ 0 → 0.3…0.7 → 1)",
+    "pipeline": "three-stage pipeline (λ 0 → 0.3…0.7 → 1), stages chained in-process",
+    "pipeline_api": "the same three stages by `trl_opd.pipeline.run_pipeline`",
     "trl": "`trl.DistillationTrainer`",
     "teacher": "teacher (reference)",
 }
@@ -242,6 +245,41 @@ def train(row: str, seed: int, args, student, teacher, tokenizer, train_dataset,
     return model, seconds / taken, taken
 
 
+def pipeline_recipe(args, seed: int, student, teacher, dataset_dir, output_dir) -> dict:
+    """The recipe of ``trl_opd.pipeline.run_pipeline`` equal to the ``pipeline`` row: the same stages, budgets and
+    training arguments. The dataset folder holds only a train split, so the stages measure nothing themselves."""
+    shared = common_args(args, seed, args.steps, output_dir)
+    shared = {k: v for k, v in shared.items() if k not in ("beta", "max_steps")}  # beta: a stage key
+    stages = [
+        {"name": name, "trainer": "gkd", "budget": fraction, "beta": args.beta, **overrides}
+        for name, fraction, overrides in PIPELINE
+    ]
+    return shared | dict(
+        max_steps=args.steps,
+        model_name_or_path=str(student),
+        teacher_model_name_or_path=str(teacher),
+        dataset_name=str(dataset_dir),
+        divergence="jsd",
+        stages=stages,
+    )
+
+
+def train_with_pipeline_api(seed: int, args, student, teacher, train_dataset, workdir: Path):
+    """The ``pipeline_api`` row: (the final stage's model, seconds per optimizer step, optimizer steps)."""
+    from transformers import AutoModelForCausalLM
+
+    from trl_opd.pipeline import run_pipeline
+
+    root = workdir / f"pipeline_api-{seed}"
+    train_dataset.save_to_disk(str(root / "data"))
+    entries = run_pipeline(pipeline_recipe(args, seed, student, teacher, root / "data", root / "run"))
+    steps = sum(e["steps"] for e in entries)
+    if steps != args.steps:
+        raise RuntimeError(f"pipeline_api seed {seed} took {steps} optimizer steps, expected {args.steps}")
+    seconds = sum(e["seconds_per_step"] * e["steps"] for e in entries)
+    return AutoModelForCausalLM.from_pretrained(entries[-1]["output_dir"]), seconds / steps, steps
+
+
 def run(args) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -276,6 +314,11 @@ def run(args) -> dict:
             if row in ("before", "teacher"):
                 model = teacher if row == "teacher" else AutoModelForCausalLM.from_pretrained(student_path)
                 numbers = {}
+            elif row == "pipeline_api":
+                model, per_step, steps = train_with_pipeline_api(
+                    seed, args, student_path, teacher_path, train_dataset, workdir
+                )
+                numbers = {"seconds_per_step": per_step, "steps": steps}
             else:
                 model, per_step, steps = train(
                     row, seed, args, str(student_path), teacher, tokenizer, train_dataset, workdir
