@@ -103,3 +103,25 @@ def test_from_json_prints_the_table(tmp_path, capsys):
     path.write_text(json.dumps({"results": {"kd": [{"seed": 0, "greedy_accuracy": 0.125}]}}))
     results_table.main(["--from_json", str(path)])
     assert "| off-policy only: supervised KD, λ = 0 | 1 | 0.125 ± 0.000 |" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_the_pipeline_api_row_trains_the_same_stages(dataset, tmp_path):
+    from cli_assets import write_assets
+    from transformers import AutoModelForCausalLM
+
+    assets = write_assets(tmp_path / "assets")
+    args = types.SimpleNamespace(
+        steps=4, batch_size=4, learning_rate=1e-2, max_completion_length=4, beta=0.5, trl_beta=1.0, workdir=""
+    )
+    recipe = results_table.pipeline_recipe(args, 0, assets["student"], assets["teacher"], "data", tmp_path / "run")
+    assert [s["budget"] for s in recipe["stages"]] == [f for _, f, _ in results_table.PIPELINE]
+    assert recipe["lr_scheduler_type"] == "constant" and recipe["seed"] == 0
+    model, per_step, steps = results_table.train_with_pipeline_api(
+        0, args, assets["student"], assets["teacher"], dataset.select(range(32)), tmp_path
+    )
+    assert steps == 4 and per_step > 0
+    for stage in ("warmup", "ramp", "on_policy"):
+        assert (tmp_path / "pipeline_api-0" / "run" / stage / "stage.json").is_file()
+    start = AutoModelForCausalLM.from_pretrained(assets["student"]).state_dict()
+    assert any(not torch.equal(start[k], v) for k, v in model.state_dict().items())
