@@ -300,9 +300,9 @@ def run(args) -> dict:
 
     path = Path(args.json)
     record = json.loads(path.read_text()) if path.is_file() else {}
-    record.update(
-        settings=vars(args) | {"train_rows": len(train_dataset), "train_dropped": dropped},
-        machine=machine(),
+    settings = vars(args) | {"train_rows": len(train_dataset), "train_dropped": dropped, "machine": machine()}
+    record.setdefault("invocations", []).append(
+        settings | {"started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
     )
     results = record.setdefault("results", {})
     workdir = Path(args.workdir)
