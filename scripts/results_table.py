@@ -133,6 +133,26 @@ def format_table(results: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
+def separation_report(results: dict[str, list[dict]], against: str) -> list[str]:
+    """For each column, the rows whose seeds all lie beyond every seed of row ``against`` (:func:`separated`), with
+    the sign of the difference: ``"greedy acc.: kd -, gkd +"``; ``"greedy acc.: none"`` when no row is."""
+    if not results.get(against):
+        return []
+    base = aggregate(results[against])
+    summaries = {row: aggregate(results[row]) for row in ROWS if results.get(row) and row != against}
+    lines = []
+    for key, header, _ in COLUMNS:
+        if key not in base:
+            continue
+        apart = [
+            f"{row} {'+' if s[key][0] > base[key][0] else '-'}"
+            for row, s in summaries.items()
+            if key in s and separated(s[key], base[key])
+        ]
+        lines.append(f"{header}: {', '.join(apart) or 'none'}")
+    return lines
+
+
 def drop_overlap(held_out_questions, dataset):
     """``dataset`` without the rows whose question is one of ``held_out_questions``, and how many went."""
     held_out = set(held_out_questions)
@@ -300,9 +320,9 @@ def run(args) -> dict:
 
     path = Path(args.json)
     record = json.loads(path.read_text()) if path.is_file() else {}
-    record.update(
-        settings=vars(args) | {"train_rows": len(train_dataset), "train_dropped": dropped},
-        machine=machine(),
+    settings = vars(args) | {"train_rows": len(train_dataset), "train_dropped": dropped, "machine": machine()}
+    record.setdefault("invocations", []).append(
+        settings | {"started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
     )
     results = record.setdefault("results", {})
     workdir = Path(args.workdir)
@@ -388,6 +408,9 @@ def main(argv=None):
         record = run(args)
         print(f"wall time {time.perf_counter() - start:.0f} s")
     print(format_table(record["results"]))
+    for against in ("before", "gkd"):
+        print(f"\nrows apart from {against!r} beyond the seed spread (+ higher, - lower):")
+        print("\n".join(separation_report(record["results"], against)))
 
 
 if __name__ == "__main__":

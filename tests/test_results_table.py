@@ -60,6 +60,17 @@ def test_separated_needs_the_seed_ranges_apart():
     assert not results_table.separated((1.0, 0.3, 2), (1.5, 0.2, 2))
 
 
+def test_separation_report_names_the_rows_apart_with_their_sign():
+    results = {
+        "before": [{"seed": 0, "greedy_accuracy": 0.0, "student_eos_rate": 0.5}, {"seed": 1, "greedy_accuracy": 0.1}],
+        "kd": [{"seed": 0, "greedy_accuracy": 0.5, "student_eos_rate": 0.6}, {"seed": 1, "greedy_accuracy": 0.3}],
+        "gkd": [{"seed": 0, "greedy_accuracy": 0.05}, {"seed": 1, "greedy_accuracy": 0.2}],
+    }
+    assert results_table.separation_report(results, "before") == ["greedy acc.: kd +", "EOS rate: kd +"]
+    assert results_table.separation_report(results, "gkd") == ["greedy acc.: kd +"]  # gkd has no EOS rate
+    assert results_table.separation_report(results, "trl") == []
+
+
 def test_format_table_orders_rows_and_marks_missing_columns():
     results = {
         "gkd": [{"seed": 0, "greedy_accuracy": 0.5, "seconds_per_step": 2.0}],
