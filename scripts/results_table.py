@@ -53,8 +53,8 @@ LABELS = {
     "kd": "off-policy only: supervised KD, λ = 0",
     "gkd": "GKD λ = 0.5",
     "on_policy": "on-policy only: λ = 1",
-    "pipeline": "three-stage pipeline (λ 0 → 0.3…0.7 → 1), stages chained in-process",
-    "pipeline_api": "the same three stages by `trl_opd.pipeline.run_pipeline`",
+    "pipeline": "three-stage pipeline, in-process",
+    "pipeline_api": "three-stage pipeline, `run_pipeline`",
     "trl": "`trl.DistillationTrainer`",
     "teacher": "teacher (reference)",
 }
