@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 from dataclasses import dataclass, field
 
 
@@ -232,15 +233,24 @@ class RunArguments:
         return out
 
 
+def read_yaml_mapping(path: str, missing: str, not_mapping: str, error: type[Exception] = ValueError) -> dict:
+    """The top-level mapping of the YAML file ``path``; ``missing`` / ``not_mapping`` end the errors (the fix)."""
+    import yaml
+
+    if not os.path.isfile(path):
+        raise error(f"{path}: {missing}")
+    with open(path) as handle:
+        loaded = yaml.safe_load(handle) or {}
+    if not isinstance(loaded, dict):
+        raise error(f"{path} must hold a YAML mapping {not_mapping}, got {type(loaded).__name__}.")
+    return loaded
+
+
 def parse_run(command: str, config: dict | None = None, argv: list[str] | None = None, where: str = "the config"):
     """Parse ``config`` (YAML keys: defaults) and ``argv`` (flags: override them) into a :class:`RunArguments`.
 
     ``argv`` may hold ``--config FILE`` (TRL's convention); its keys are checked and set like ``config``'s, after it.
     """
-    import os
-
-    import yaml
-
     if command not in COMMANDS:
         raise ValueError(f"unknown trainer {command!r}; choose one of {', '.join(COMMANDS)}.")
     config = dict(config or {})
@@ -251,12 +261,7 @@ def parse_run(command: str, config: dict | None = None, argv: list[str] | None =
             raise ValueError("--config needs a YAML file: --config recipe.yaml")
         path = argv[i + 1]
         del argv[i : i + 2]
-        if not os.path.isfile(path):
-            raise ValueError(f"--config {path}: no such file.")
-        with open(path) as handle:
-            loaded = yaml.safe_load(handle) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{path} must hold a YAML mapping of keys to values, got {type(loaded).__name__}.")
+        loaded = read_yaml_mapping(path, "no such file; pass --config the path of a YAML file.", "of keys to values")
         if "stages" in loaded:
             raise ValueError(f"{path} is a pipeline recipe (it has `stages:`); run it with `trl-opd pipeline {path}`.")
         config.update(loaded)

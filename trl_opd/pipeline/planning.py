@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import os
 
-import yaml
-
 
 DTYPES = {"bfloat16": "bf16", "bf16": "bf16", "float16": "fp16", "fp16": "fp16", "float32": "fp32", "fp32": "fp32"}
 
@@ -117,16 +115,13 @@ def training_plan(trainer: str, keys: dict):
 def plans_from_config(path: str) -> list[tuple[str, str | None, str | None, object]]:
     """``[(label, student, teacher, TrainingPlan), ...]``: one per pipeline stage (SPIN stages left out), or one for
     a ``trl-opd gkd|minillm`` YAML (trainer ``gkd`` unless it has MiniLLM-only keys)."""
-    from .arguments import check_keys
+    from .arguments import check_keys, read_yaml_mapping
     from .keys import command_fields
     from .recipe import load_recipe
 
-    if not os.path.isfile(path):
-        raise ValueError(f"--config {path}: no such file.")
-    with open(path) as handle:
-        raw = yaml.safe_load(handle) or {}
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path} must hold a YAML mapping.")
+    raw = read_yaml_mapping(
+        path, "no such file; pass --config the path of a recipe (see recipes/).", "of keys to values"
+    )
     if "stages" in raw:
         recipe = load_recipe(path)
         out = []

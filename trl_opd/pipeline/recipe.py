@@ -29,9 +29,15 @@ import os
 import re
 from dataclasses import dataclass, field
 
-import yaml
-
-from .arguments import COMMANDS, EXTRA_YAML_KEYS, HOOKS, HOOKS_BY_TRAINER, closest, unknown_key_message
+from .arguments import (
+    COMMANDS,
+    EXTRA_YAML_KEYS,
+    HOOKS,
+    HOOKS_BY_TRAINER,
+    closest,
+    read_yaml_mapping,
+    unknown_key_message,
+)
 
 
 #: Keys of a stage besides its trainer's fields.
@@ -139,12 +145,12 @@ def load_recipe(source: str | os.PathLike | dict, output_dir: str | None = None)
         path, raw = "the recipe", dict(source)
     else:
         path = str(source)
-        if not os.path.isfile(path):
-            raise RecipeError(f"{path}: no such recipe file; pass the path of a YAML recipe (see recipes/).")
-        with open(path) as handle:
-            raw = yaml.safe_load(handle) or {}
-        if not isinstance(raw, dict):
-            raise RecipeError(f"{path} must hold a YAML mapping (top-level keys and `stages:`).")
+        raw = read_yaml_mapping(
+            path,
+            "no such recipe file: pass the path of a YAML recipe (see recipes/).",
+            "(top-level keys and `stages:`)",
+            RecipeError,
+        )
     stages_raw = raw.pop("stages", None)
     if not isinstance(stages_raw, list) or not stages_raw:
         raise RecipeError(f"{path}: `stages:` must be a non-empty list of {{name, trainer, budget, ...}} mappings.")
