@@ -141,6 +141,19 @@ def test_without_a_teacher_only_cached_lambda_zero_runs_are_allowed(tmp_path, ca
         )
 
 
+def test_a_schedule_that_stays_at_zero_is_served_by_the_cache_alone(tmp_path, cache_dir, tok, dataset):
+    from helpers import make_config
+
+    args = make_config(
+        tmp_path, lmbda_schedule="linear", lmbda_start=0.0, lmbda_end=0.0, teacher_cache=cache_dir, **RUN
+    )
+    trainer = GKDTrainer(
+        model=tiny_llama(len(tok), tokenizer=tok), teacher_model=None, train_dataset=dataset, args=args,
+        processing_class=tok,
+    )  # fmt: skip
+    assert trainer.teacher is None and trainer.teachers.cache is not None
+
+
 # ------------------------------------------------------------------------------------------------------------ routing
 
 

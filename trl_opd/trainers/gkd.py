@@ -176,7 +176,6 @@ class GKDTrainer(
             raise ValueError("trl_opd.GKDTrainer supports text models only; use trl.DistillationTrainer for VLMs.")
         self._attach_teachers(teachers, teacher_processing_class, run_backbone=self._run_teacher_backbone)
         self._init_finite_guard()
-        self.lmbda_schedule = args.lambda_schedule()
         self.divergence = args.divergence
         self.seq_kd = args.seq_kd
         self._mixed: MixedBatch | None = None  # the generation batch being built
@@ -191,11 +190,11 @@ class GKDTrainer(
             raise ValueError("A teacher cache holds one teacher's targets: use it with a single teacher_model.")
         if teacher_model is not None:
             return
-        schedule = args.lambda_schedule()
-        if not (schedule.kind == "constant" and schedule.lmbda == 0.0) or args.seq_kd:
+        if not args.lambda_schedule().always_off_policy or args.seq_kd:
             raise ValueError(
-                "Without teacher_model every row must be served by the teacher cache: that is lmbda=0.0 (constant) "
-                "and seq_kd=False. Pass teacher_model for the on-policy rows of a mixed run."
+                "Without teacher_model every row must be served by the teacher cache: that is λ ≡ 0 (lmbda=0.0 "
+                "(constant), or a schedule that stays at 0) and seq_kd=False. Pass teacher_model for the on-policy "
+                "rows of a mixed run."
             )
         if eval_dataset is not None and args.eval_lmbda > 0.0:
             raise ValueError(
@@ -232,7 +231,7 @@ class GKDTrainer(
         """λ for the generation batch about to be drawn (training: the schedule at the current step)."""
         if not self.model.training:
             return self.args.eval_lmbda
-        return self.lmbda_schedule.at_step(self.state.global_step, self.state.max_steps)
+        return self.args.lambda_schedule().at_step(self.state.global_step, self.state.max_steps)
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         mode = "train" if self.model.training else "eval"
