@@ -424,7 +424,7 @@ class GKDTrainer(
             temperature=self.temperature,
             vocab_size=self.vocab_size,
             normalizer=normalizer,
-            top_k=self.args.teacher_top_k,
+            top_k=self.teacher_top_k,
             weigh=weigh,
         )
         self._log_teacher_sides(per_side)

@@ -384,7 +384,7 @@ class MiniLLMTrainer(
             "rkl",
             temperature=self.temperature,
             vocab_size=self.vocab_size,
-            teacher_top_k=self.args.teacher_top_k,
+            teacher_top_k=self.teacher_top_k,
         )
         mode = "train" if self.model.training else "eval"
         accumulation = self.current_gradient_accumulation_steps if mode == "train" else 1.0
