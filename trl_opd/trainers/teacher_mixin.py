@@ -1,12 +1,13 @@
 """The teacher plumbing shared by the trainers that distil from one (GKD, MiniLLM).
 
-A trainer mixes :class:`TeacherMixin` in before its TRL base class, loads its teachers with :meth:`_load_teachers`
-before the base ``__init__`` (TRL's own teacher handling would refuse heads padded to different sizes), and calls
-:meth:`_attach_teachers` after it. The mixin then holds ``self.teachers`` (a :class:`trl_opd.teachers.TeacherSet`:
-the live teachers by id and the optional offline cache), ``self.teacher`` and ``self.teacher_model`` (the first live
-teacher and its prepared model, as in TRL's trainers; ``None`` for a cache-only run), ``self.vocab_size`` (the
-vocabulary every head shares) and ``self.teacher_top_k`` (the run's k: the config's, or the cache's when the config
-left it unset; the config itself is never rewritten), and offers the student's head and the public evaluation helpers.
+:class:`trl_opd.trainers.lifecycle.DistillationSetUp` calls :meth:`TeacherMixin._load_teachers` before the TRL base
+``__init__`` (TRL's own teacher handling would refuse heads padded to different sizes) and
+:meth:`TeacherMixin._attach_teachers` after it. The mixin then holds ``self.teachers`` (a
+:class:`trl_opd.teachers.TeacherSet`: the live teachers by id and the optional offline cache), ``self.teacher`` and
+``self.teacher_model`` (the first live teacher and its prepared model, as in TRL's trainers; ``None`` for a cache-only
+run), ``self.vocab_size`` (the vocabulary every head shares) and ``self.teacher_top_k`` (the run's k: the config's, or
+the cache's when the config left it unset; the config itself is never rewritten), and offers the student's head and the
+public evaluation helpers.
 """
 
 from __future__ import annotations
