@@ -26,7 +26,8 @@ def run(lab, earlier=None, fractions=None, random_fractions=None, seeds=None, st
 
     ``starts``: ``"cold"`` (a fresh student) and, when ``size.tip_warm_steps``, ``"warm"``: the student first trained
     by SFT for ``tip_warm_steps`` steps (SPIN's start), then all tokens, TIP's top 50 % and a random 50 %."""
-    from ...hooks import TokenImportance
+    from trl_opd.hooks import TokenImportance
+
     from ..controls import RandomTokenImportance
 
     size = lab.size
