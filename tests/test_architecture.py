@@ -104,3 +104,49 @@ def test_no_private_name_is_imported_from_another_module():
         if imported and imported.startswith("_") and not imported.startswith("__")
     ]
     assert found == []
+
+
+LAB = "trl_opd_lab"
+#: The one library module that reaches the lab: ``trl-opd lab`` dispatches to it, inside its functions only.
+LAB_DISPATCH = "trl_opd.cli.lab"
+
+
+def imports_the_lab(target: str, imported: str | None) -> bool:
+    return target == LAB or target.startswith(LAB + ".") or (target == "" and imported == LAB)
+
+
+def test_the_library_does_not_import_the_lab():
+    found = []
+    for name, (path, is_package) in modules(LIBRARY).items():
+        if name == LAB_DISPATCH:
+            continue
+        found += [f"{name} imports {target}" for target, imported in imports(name, path, is_package)
+                  if imports_the_lab(target, imported)]  # fmt: skip
+    assert found == []
+
+
+def test_the_cli_reaches_the_lab_only_inside_its_functions():
+    path, _ = modules(LIBRARY)[LAB_DISPATCH]
+    top_level = [
+        target
+        for node in ast.parse(path.read_text()).body
+        for target in (
+            [alias.name for alias in node.names] if isinstance(node, ast.Import)
+            else [node.module or ""] if isinstance(node, ast.ImportFrom)
+            else []
+        )
+    ]  # fmt: skip
+    assert not [target for target in top_level if imports_the_lab(target, None)]
+    assert any(imports_the_lab(target, imported) for target, imported in imports(LAB_DISPATCH, path, False))
+
+
+def test_the_lab_imports_only_public_library_names_and_has_no_loop():
+    graph = edges(LAB)
+    assert cycles(graph) == []
+    private = [
+        f"{name} imports {imported} from {target}"
+        for name, (path, is_package) in modules(LAB).items()
+        for target, imported in imports(name, path, is_package)
+        if target.startswith(LIBRARY) and any(part.startswith("_") for part in [*target.split("."), imported or ""])
+    ]
+    assert private == []
