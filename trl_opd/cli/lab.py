@@ -1,14 +1,15 @@
-"""``trl-opd lab``: the tutorial's experiments run for real on tiny tasks (:mod:`trl_opd.lab`)."""
+"""``trl-opd lab``: the tutorial's experiments run for real on tiny tasks (:mod:`trl_opd_lab`)."""
 
 from __future__ import annotations
 
 import argparse
 
-from ..lab.experiments import EXPERIMENTS
 from . import UsageError
 
 
 def register(subparsers) -> None:
+    from trl_opd_lab.experiments import EXPERIMENTS  # the lab is an application of the library: looked up here only
+
     parser = subparsers.add_parser(
         "lab",
         help="run the tutorial's experiments for real on tiny tasks and write a report",
@@ -75,8 +76,8 @@ def run_lab_command(args: argparse.Namespace) -> int:
         except FloatPathError as error:
             raise UsageError(f"{error} Or pass --native-float to run on this processor's own kernels.") from None
     if args.from_results:
-        from ..lab import load_results, write_report
-        from ..lab.report import merge_results
+        from trl_opd_lab import load_results, write_report
+        from trl_opd_lab.report import merge_results
 
         try:
             results = merge_results([load_results(path) for path in args.from_results])
@@ -87,7 +88,8 @@ def run_lab_command(args: argparse.Namespace) -> int:
 
     from tqdm.auto import tqdm
 
-    from ..lab import SIZES, count_runs, run_lab, write_report
+    from trl_opd_lab import SIZES, count_runs, run_lab, write_report
+    from trl_opd_lab.experiments import EXPERIMENTS
 
     experiments = args.experiments or list(EXPERIMENTS)
     unknown = sorted(set(experiments) - set(EXPERIMENTS))

@@ -12,7 +12,7 @@ import platform
 import sys
 from importlib import metadata
 
-from ..float_path import describe as float_path_phrase
+from trl_opd.float_path import describe as float_path_phrase
 
 
 PACKAGES = ("trl-opd", "torch", "transformers", "trl", "peft", "datasets", "accelerate", "numpy")
@@ -57,7 +57,7 @@ def provenance(size, command: str | None = None, base_seed: int = 0, teacher_see
 
     import torch
 
-    from ..float_path import float_path
+    from trl_opd.float_path import float_path
 
     return {
         "command": command,
