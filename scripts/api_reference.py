@@ -132,7 +132,8 @@ def public_section() -> list[str]:
             out += [f"A dataclass: its fields are listed [above](#{name.lower()}).", ""]
             continue
         signature = re.sub(r" at 0x[0-9a-f]+", "", signature)
-        out += ["```text", f"{name}{signature}", "```", "", inspect.cleandoc(obj.__doc__ or "(no docstring)"), ""]
+        doc = re.sub(r"^```python$", "```text", inspect.cleandoc(obj.__doc__ or "(no docstring)"), flags=re.M)
+        out += ["```text", f"{name}{signature}", "```", "", doc, ""]
     return out
 
 
@@ -146,6 +147,8 @@ def render() -> str:
         "The configs' fields are also the keys of `trl-opd gkd|minillm|spin --config FILE.yaml` and of a pipeline",
         "recipe ([Command line](cli.md)); `OPDScriptArguments` and `TeacherPathArguments` are the command line's extra",
         "keys (data, hooks, verifiers, the teacher of MiniLLM and SPIN). `trl-opd gkd --help` prints the same fields.",
+        "The examples inside docstrings are illustrations with placeholder paths; the tested, runnable examples are in",
+        "the [README](../README.md) and the guides.",
         "",
     ]
     for module, name in CONFIGS:
