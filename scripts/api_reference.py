@@ -102,18 +102,33 @@ def config_section(module: str, name: str) -> list[str]:
         base = trl_bases[0]
         trl_name = f"{base.__module__.split('.')[0]}.{base.__name__}"
         out += [f"Every field of `{trl_name}` applies as well; below: trl-opd's fields (and TRL's it re-defaults).", ""]
-    rows, group = [], None
     order = {name: i for i, name in enumerate(docs)}
     fields = [f for f in dataclasses.fields(cls) if owner(cls, f.name).__module__.startswith("trl_opd")]
+    entries: list[tuple[str, list, str]] = []  # (group, fields, help): one docstring entry may name several fields
     for field in sorted(fields, key=lambda f: order.get(f.name, len(order))):
         field_group, help_text = docs.get(field.name, ("", field.metadata.get("help", "")))
         if not help_text:
             raise ValueError(f"{name}.{field.name} has neither a docstring entry nor metadata help; document it.")
-        if field_group != group:
+        if entries and entries[-1][0] == field_group and entries[-1][2] == help_text and field.name in docs:
+            entries[-1][1].append(field)
+        else:
+            entries.append((field_group, [field], help_text))
+    rows, group = [], None
+    for field_group, group_fields, help_text in entries:
+        if field_group != group or not rows:
             group = field_group
-            rows += ["", f"**{group}**" if group else "", "", "| field | default | description |", "|---|---|---|"]
-        rows.append(f"| `{field.name}` | {cell(default_text(field))} | {cell(help_text)} |")
-    return out + [line for line in rows[1:] if line is not None] + [""]
+            rows += [f"**{group}**", ""] if group else []
+            rows += ["| field | default | description |", "|---|---|---|"]
+        names = ", ".join(f"`{f.name}`" for f in group_fields)
+        defaults = " / ".join(default_text(f) for f in group_fields)
+        rows.append(f"| {names} | {cell(defaults)} | {cell(help_text)} |")
+        rows.append("")  # closes the table; removed below when the next row continues it
+    lines = []
+    for line in rows:
+        if lines and lines[-1] == "" and line.startswith("| `"):
+            lines.pop()
+        lines.append(line)
+    return out + lines
 
 
 def public_section() -> list[str]:

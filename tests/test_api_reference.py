@@ -24,12 +24,13 @@ def test_every_trl_opd_config_field_is_listed_with_its_default():
 
     from trl_opd import GKDConfig, MiniLLMConfig, SPINConfig
 
-    text = api_reference.OUTPUT.read_text()
+    rows = [line for line in api_reference.OUTPUT.read_text().splitlines() if line.startswith("| `")]
     for cls in (GKDConfig, MiniLLMConfig, SPINConfig):
         own = [f for f in dataclasses.fields(cls) if api_reference.owner(cls, f.name).__module__.startswith("trl_opd")]
         assert own
         for field in own:
-            assert f"| `{field.name}` | {api_reference.default_text(field)} |" in text, (cls.__name__, field.name)
+            name, default = f"`{field.name}`", api_reference.default_text(field)
+            assert any(name in row.split(" | ")[0] and default in row.split(" | ")[1] for row in rows), field.name
 
 
 def test_the_parser_reads_hf_style_entries_and_groups():
