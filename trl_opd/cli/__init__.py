@@ -1,7 +1,9 @@
 """The ``trl-opd`` command line: one module per subcommand.
 
+    trl-opd demo                                            # a few minutes of on-policy distillation on CPU, offline
     trl-opd gkd|minillm|spin --config FILE.yaml [--key value ...]   # train (TRL's CLI conventions, docs/cli.md)
     trl-opd pipeline recipe.yaml                            # the staged pipeline: warm-up -> GKD -> on-policy -> RL
+    trl-opd recipes [NAME] [--path]                         # the packaged YAML recipes: list, print one, its path
     trl-opd plan --student DIR --teacher DIR [options]     # will it fit? peak GPU memory per part, per GPU size
     trl-opd plan --recipe 7b-nf4-14b-bf16                    # a packaged recipe (see --list-recipes)
     trl-opd lab [--quick | --full | --smoke]                 # the tutorial's experiments on tiny tasks
@@ -25,7 +27,7 @@ from collections.abc import Sequence
 
 
 #: Subcommand modules, in the order ``--help`` lists them.
-SUBCOMMANDS: tuple[str, ...] = ("train", "pipeline", "plan", "lab", "check", "cache-teacher")
+SUBCOMMANDS: tuple[str, ...] = ("demo", "train", "pipeline", "recipes", "plan", "lab", "check", "cache-teacher")
 
 
 class UsageError(Exception):

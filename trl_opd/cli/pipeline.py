@@ -17,7 +17,7 @@ def register(subparsers) -> None:
             "command skips finished stages and resumes the interrupted one from its last checkpoint. See docs/cli.md."
         ),
     )
-    parser.add_argument("recipe", help="the recipe YAML file (recipes/ holds examples)")
+    parser.add_argument("recipe", help="the recipe YAML file (`trl-opd recipes` lists the packaged ones)")
     parser.add_argument("--output_dir", "--output-dir", dest="output_dir", help="override the recipe's output_dir")
     parser.add_argument("--check", action="store_true", help="validate the recipe and print its stages; train nothing")
     parser.set_defaults(func=run_pipeline_command)

@@ -126,7 +126,7 @@ def plans_from_config(path: str) -> list[tuple[str, str | None, str | None, obje
     from .recipe import load_recipe
 
     raw = read_yaml_mapping(
-        path, "no such file; pass --config the path of a recipe (see recipes/).", "of keys to values"
+        path, "no such file; pass --config the path of a recipe (`trl-opd recipes` lists them).", "of keys to values"
     )
     if "stages" in raw:
         recipe = load_recipe(path)

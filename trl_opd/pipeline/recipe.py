@@ -140,7 +140,7 @@ def load_recipe(source: str | os.PathLike | dict, output_dir: str | None = None)
         path = str(source)
         raw = read_yaml_mapping(
             path,
-            "no such recipe file: pass the path of a YAML recipe (see recipes/).",
+            "no such recipe file: pass the path of a YAML recipe (`trl-opd recipes` lists the packaged ones).",
             "(top-level keys and `stages:`)",
             RecipeError,
         )
