@@ -52,6 +52,8 @@ MODEL_KEY_PATTERN = re.compile(
 #: Keys naming local files or folders that must exist (a Hub id ``org/name`` is let through for the models).
 PATH_KEYS = ("model_name_or_path", "teacher_model_name_or_path", "dataset_name", "teacher_cache")
 BUDGET_TOLERANCE = 1e-6
+#: Names the pipeline's own files take in output_dir: no stage folder may shadow them.
+RESERVED_NAMES = ("summary.json", "summary.md", "start.json")
 #: Keys that mean something else in each trainer (docs/index.md, "Five meanings of beta"): stage keys only when the
 #: recipe mixes the trainers that have them.
 AMBIGUOUS_KEYS = {
@@ -87,7 +89,10 @@ class Recipe:
     keep_checkpoints: bool = False
 
     def stage_dir(self, stage: Stage) -> str:
-        return os.path.join(self.output_dir, stage.name)
+        """``output_dir/<name>``; a name leaving ``output_dir`` is refused (:func:`trl_opd.ownership.child_dir`)."""
+        from ..ownership import child_dir
+
+        return child_dir(self.output_dir, stage.name, "stage name")
 
     def describe(self) -> str:
         lines = [f"{self.path}: {len(self.stages)} stages, {self.max_steps} optimizer steps, into {self.output_dir}/"]
@@ -177,8 +182,9 @@ def load_recipe(source: str | os.PathLike | dict, output_dir: str | None = None)
         if not isinstance(stage, dict):
             raise RecipeError(f"{where}: a stage is a mapping {{name: ..., trainer: ..., budget: ...}}.")
         name = stage.get("name")
-        if not isinstance(name, str) or not re.fullmatch(r"[\w.-]+", name):
-            raise RecipeError(f"{where}: name must be a folder name (letters, digits, _ . -), got {name!r}.")
+        if not isinstance(name, str) or not re.fullmatch(r"\w[\w.-]*", name) or name in RESERVED_NAMES:
+            raise RecipeError(f"{where}: name must be a folder name inside output_dir (letters, digits, _ . -, not "
+                              f"starting with '.' or '-', not {', '.join(RESERVED_NAMES)}), got {name!r}.")  # fmt: skip
         if name in names:
             raise RecipeError(f"{where}: the name {name!r} is used twice; stage names must be unique.")
         where = f"{path}, stage {name!r}"
