@@ -64,6 +64,9 @@ class TeacherMixin:
                 run_backbone=run_backbone,
             )
         cache = self._open_teacher_cache()
+        if cache is not None:
+            for label, model in loaded.items():
+                cache.check_teacher(model, f"teacher {label!r}" if len(loaded) > 1 else "teacher")
         vocab_sizes = [t.vocab_size for t in teachers.values()]
         suppressed = sorted({i for r in reports.values() for i in r.suppressed_ids})
         if cache is not None:
