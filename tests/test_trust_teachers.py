@@ -1,5 +1,6 @@
 """Issue 22: a teacher cache is trusted only when it is whole, consistent and built from the run's teacher; building
-one never overwrites or mixes with a folder the package did not write."""
+one never overwrites or mixes with a folder the package did not write; a row is never routed to a teacher it does not
+name."""
 
 import json
 import subprocess
@@ -140,3 +141,17 @@ def test_cache_teacher_refuses_before_loading_the_teacher(tmp_path, capsys):
     assert "was not created by trl-opd" in capsys.readouterr().err
     assert main([*argv, "--top-k", "0"]) == 2
     assert "--top-k must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_a_one_teacher_mapping_refuses_rows_of_another_teacher(tmp_path, teacher, tok, rows):
+    routed = rows.map(lambda _, i: {"teacher_id": "code" if i == 3 else "math"}, with_indices=True)
+    with pytest.raises(ValueError, match=r"names teachers that were not given: 'code' \(given: math\)"):
+        make_trainer(tmp_path / "run", tok, routed, teacher={"math": teacher}, **RUN)
+    make_trainer(tmp_path / "ok", tok, rows, teacher={"math": teacher}, **RUN)  # no teacher_id column: all to math
+
+
+def test_a_routed_teacher_that_fails_the_check_is_named_by_its_id(tmp_path, teacher, tok, rows):
+    narrow = tiny_llama(len(tok) - 10, seed=4, hidden_size=48)  # a head without rows for 10 of the tokens
+    routed = rows.map(lambda _, i: {"teacher_id": "bad" if i % 2 else "good"}, with_indices=True)
+    with pytest.raises(ValueError, match=r"The teacher 'bad' \(teacher_id\) cannot teach this student"):
+        make_trainer(tmp_path / "run", tok, routed, teacher={"good": teacher, "bad": narrow}, **RUN)
