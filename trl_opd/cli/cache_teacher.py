@@ -47,15 +47,14 @@ def run_cache_teacher(args: argparse.Namespace) -> int:
     from transformers import AutoTokenizer
 
     from ..data import load_dataset_spec
-    from ..models import load_model
+    from ..models import SingleProcessArgs, load_model
     from ..teachers.cache import build_teacher_cache, prepare_cache_folder
-    from .check import _NoDistributedArgs
 
     prepare_cache_folder(args.output, overwrite=args.overwrite, check_only=True)  # before any compute
     dataset = load_dataset_spec(args.dataset, split=args.split)
 
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.teacher)
-    teacher = load_model(args.teacher, None, _NoDistributedArgs(), role="teacher")
+    teacher = load_model(args.teacher, None, SingleProcessArgs(), role="teacher")
     cache = build_teacher_cache(
         teacher,
         tokenizer,

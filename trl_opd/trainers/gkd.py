@@ -13,27 +13,16 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallba
 from trl import DistillationTrainer
 from trl.models.utils import unwrap_model_for_generation
 
-from ..data import (
-    check_row_types,
-    completion_token_ids,
-    cut_after_first_eos,
-    is_empty_completion,
-    prepare_prompt_completion_dataset,
-)
+from ..data import check_row_types, completion_token_ids, cut_after_first_eos, is_empty_completion
 from ..divergences import LMHead
-from ..models import check_left_padding, check_processing_class
 from ..scoring import left_padded
 from ..teachers.cache import row_hash
 from ..teachers.routing import CACHE_ROW_COLUMN, TEACHER_ID_COLUMN
 from .arguments import resolve_args
 from .distillation_loss import distillation_loss
 from .gkd_config import GKDConfig
-from .guard import FiniteGuardMixin
-from .hooked import HookedTrainerMixin
+from .lifecycle import Completions, DistillationSetUp
 from .mixing import MixedBatch, on_policy_mask
-from .prompts import PromptLengthMixin
-from .resume import ExactResumeMixin
-from .teacher_mixin import TeacherMixin
 
 
 logger = logging.getLogger(__name__)
@@ -50,9 +39,7 @@ _NONFINITE_DIVERGENCE_CAUSE = (
 _EVAL_HINT = "Evaluation with eval_lmbda < 1 trains some rows on dataset completions; set eval_lmbda=1.0 to sample all."
 
 
-class GKDTrainer(
-    TeacherMixin, HookedTrainerMixin, FiniteGuardMixin, ExactResumeMixin, PromptLengthMixin, DistillationTrainer
-):
+class GKDTrainer(DistillationSetUp, DistillationTrainer):
     """
     Generalized knowledge distillation (Agarwal et al., 2024) with per-sample λ-mixing and a λ schedule.
 
@@ -147,25 +134,31 @@ class GKDTrainer(
                 "a `teacher_id` column), set teacher_model_name_or_path, or serve a λ ≡ 0 run from teacher_cache=."
             )
         self._check_teacher_setup(teacher_model, args, eval_dataset)
-        check_processing_class(model, processing_class)
-        check_left_padding(processing_class)
-        needs_completion = args.needs_dataset_completions
-        train_dataset = prepare_prompt_completion_dataset(train_dataset, "train_dataset", needs_completion, _HINT)
-        train_dataset = self._init_hooks(train_dataset, token_importance, prefix_filter, curriculum, success_func)
-        train_dataset = self._index_rows_for_teachers(train_dataset, args, teacher_model)
-        eval_dataset = prepare_prompt_completion_dataset(
-            eval_dataset, "eval_dataset", args.eval_lmbda < 1.0, _EVAL_HINT
+        completions = Completions(
+            train=args.needs_dataset_completions, eval=args.eval_lmbda < 1.0, train_hint=_HINT, eval_hint=_EVAL_HINT
         )
-
-        # The teacher is prepared here rather than by the parent, whose check of equal `config.vocab_size` refuses
-        # heads padded to different sizes that share a tokenizer (see `shared_vocab_size`).
-        teachers = self._load_teachers(teacher_model, args)
+        hooks = dict(
+            token_importance=token_importance,
+            prefix_filter=prefix_filter,
+            curriculum=curriculum,
+            success_func=success_func,
+        )
+        setup = self._set_up_before_base(
+            model,
+            processing_class,
+            teacher_model,
+            args,
+            train_dataset,
+            eval_dataset,
+            completions=completions,
+            hooks=hooks,
+        )
         super().__init__(
             model=model,
-            teacher_model=None,
+            teacher_model=None,  # loaded above: the parent's check of equal `config.vocab_size` refuses padded heads
             args=args,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
+            train_dataset=setup.train_dataset,
+            eval_dataset=setup.eval_dataset,
             processing_class=processing_class,
             callbacks=callbacks,
             optimizers=optimizers,
@@ -174,9 +167,7 @@ class GKDTrainer(
         )
         if self._is_vlm:
             raise ValueError("trl_opd.GKDTrainer supports text models only; use trl.DistillationTrainer for VLMs.")
-        self._attach_teachers(teachers, teacher_processing_class, run_backbone=self._run_teacher_backbone)
-        self._init_finite_guard()
-        self.lmbda_schedule = args.lambda_schedule()
+        self._set_up_after_base(setup, teacher_processing_class, run_backbone=self._run_teacher_backbone)
         self.divergence = args.divergence
         self.seq_kd = args.seq_kd
         self._mixed: MixedBatch | None = None  # the generation batch being built
@@ -191,11 +182,11 @@ class GKDTrainer(
             raise ValueError("A teacher cache holds one teacher's targets: use it with a single teacher_model.")
         if teacher_model is not None:
             return
-        schedule = args.lambda_schedule()
-        if not (schedule.kind == "constant" and schedule.lmbda == 0.0) or args.seq_kd:
+        if not args.lambda_schedule().always_off_policy or args.seq_kd:
             raise ValueError(
-                "Without teacher_model every row must be served by the teacher cache: that is lmbda=0.0 (constant) "
-                "and seq_kd=False. Pass teacher_model for the on-policy rows of a mixed run."
+                "Without teacher_model every row must be served by the teacher cache: that is λ ≡ 0 (lmbda=0.0 "
+                "(constant), or a schedule that stays at 0) and seq_kd=False. Pass teacher_model for the on-policy "
+                "rows of a mixed run."
             )
         if eval_dataset is not None and args.eval_lmbda > 0.0:
             raise ValueError(
@@ -232,7 +223,7 @@ class GKDTrainer(
         """λ for the generation batch about to be drawn (training: the schedule at the current step)."""
         if not self.model.training:
             return self.args.eval_lmbda
-        return self.lmbda_schedule.at_step(self.state.global_step, self.state.max_steps)
+        return self.args.lambda_schedule().at_step(self.state.global_step, self.state.max_steps)
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         mode = "train" if self.model.training else "eval"
@@ -425,7 +416,7 @@ class GKDTrainer(
             temperature=self.temperature,
             vocab_size=self.vocab_size,
             normalizer=normalizer,
-            top_k=self.args.teacher_top_k,
+            top_k=self.teacher_top_k,
             weigh=weigh,
         )
         self._log_teacher_sides(per_side)
