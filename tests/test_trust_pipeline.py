@@ -1,13 +1,18 @@
 """Issue 22: the pipeline and the training commands never write outside their folders, never mix two runs, and
 refuse a recipe that would fail later, before anything trains."""
 
+import json
+
 import pytest
+import torch
 import yaml
 from cli_assets import write_assets
-from test_pipeline import recipe
+from safetensors.torch import load_file
+from test_pipeline import KillAfterCheckpoint, recipe
 
 from trl_opd.cli import main
-from trl_opd.pipeline import RecipeError, load_recipe
+from trl_opd.ownership import OwnershipError
+from trl_opd.pipeline import RecipeError, load_recipe, run_pipeline
 
 
 @pytest.fixture(scope="module")
@@ -24,3 +29,115 @@ def test_a_stage_name_cannot_leave_the_pipeline_folder(assets, tmp_path, name, c
     path.write_text(yaml.safe_dump(keys))
     assert main(["pipeline", str(path), "--check"]) == 2
     assert "name must be a folder name inside output_dir" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ trl-opd gkd: output_dir
+
+
+def gkd_yaml(assets, tmp_path, output_dir, **overrides):
+    keys = dict(
+        model_name_or_path=assets["student"],
+        teacher_model_name_or_path=assets["teacher"],
+        dataset_name=assets["data"],
+        output_dir=str(output_dir),
+        max_steps=3,
+        per_device_train_batch_size=4,
+        max_completion_length=3,
+        learning_rate=1e-3,
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=1,
+        dataset_test_size=4,
+        eval_num_samples=1,
+        seed=0,
+    )
+    keys.update(overrides)
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(keys))
+    return str(path)
+
+
+def test_two_gkd_runs_never_share_an_output_dir(assets, tmp_path, capsys):
+    out = tmp_path / "out"
+    config = gkd_yaml(assets, tmp_path, out)
+    assert main(["gkd", "--config", config]) == 0
+    first = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert main(["gkd", "--config", config, "--max_steps", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "holds an earlier trl-opd gkd run (checkpoint-1, checkpoint-2, checkpoint-3)" in err
+    assert "resume_from_checkpoint: true" in err and "overwrite_output_dir: true" in err
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == first  # nothing touched
+    # A resume with other keys is refused, naming each key on both sides.
+    assert main(["gkd", "--config", config, "--resume_from_checkpoint", "true", "--lmbda", "0.25"]) == 2
+    assert "lmbda: <unset> (then) -> 0.25 (now)" in capsys.readouterr().err
+    # --overwrite_output_dir replaces the run: no checkpoint of the first run is left to be resumed by mistake.
+    assert main(["gkd", "--config", config, "--max_steps", "2", "--overwrite_output_dir", "true"]) == 0
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+
+
+def test_gkd_refuses_a_folder_it_did_not_create(assets, tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "model.safetensors").write_bytes(b"the user's own model")
+    assert main(["gkd", "--config", gkd_yaml(assets, tmp_path, out)]) == 2
+    assert "is not empty (model.safetensors) and was not created by trl-opd" in capsys.readouterr().err
+    assert (out / "model.safetensors").read_bytes() == b"the user's own model"
+
+
+def test_rerunning_a_finished_gkd_run_with_resume_trains_nothing(assets, tmp_path):
+    out = tmp_path / "out"
+    config = gkd_yaml(assets, tmp_path, out, max_steps=2)
+    assert main(["gkd", "--config", config]) == 0
+    weights = load_file(str(out / "model.safetensors"))
+    for _ in range(2):  # it used to train one step more per rerun: 2 -> 3 -> 4
+        assert main(["gkd", "--config", config, "--resume_from_checkpoint", "true"]) == 0
+        assert not (out / "checkpoint-3").exists()
+        again = load_file(str(out / "model.safetensors"))
+        assert all(torch.equal(weights[k], again[k]) for k in weights)
+
+
+# ------------------------------------------------------------------------------------------ the pipeline's stages
+
+
+def two_stages(assets, output_dir, online_lmbda=1.0):
+    stages = [
+        {"name": "offline", "trainer": "gkd", "budget": 0.5, "lmbda": 0.0},
+        {"name": "online", "trainer": "gkd", "budget": 0.5, "lmbda": online_lmbda},
+    ]
+    return recipe(assets, output_dir, max_steps=4, stages=stages)
+
+
+def test_an_edited_stage_is_not_resumed_from_the_old_recipes_checkpoint(assets, tmp_path):
+    keys = two_stages(assets, tmp_path / "run")
+    with pytest.raises(RuntimeError, match="killed"):
+        run_pipeline(keys, callbacks=[KillAfterCheckpoint("online")])
+    edited = two_stages(assets, tmp_path / "run", online_lmbda=0.5)
+    with pytest.raises(
+        OwnershipError, match=r"stage 'online' .* was started with other keys: lmbda: 1.0 \(then\) -> 0.5"
+    ):
+        run_pipeline(edited)
+    assert (tmp_path / "run" / "online" / "checkpoint-1").is_dir()  # refused before anything changed
+    entries = run_pipeline(edited, overwrite=True)
+    assert entries[1]["resumed_from"] is None and entries[1]["steps"] == 2  # trained again from the first stage
+    stage = json.loads((tmp_path / "run" / "online" / "stage.json").read_text())
+    assert stage["keys_digest"] == entries[1]["keys_digest"]
+    assert entries[0]["resumed_from"] is None and entries[0]["steps"] == 2  # the first stage was kept
+
+
+def test_a_resumed_stage_reports_its_loss_over_all_its_steps(assets, tmp_path):
+    keys = two_stages(assets, tmp_path / "run")
+    with pytest.raises(RuntimeError, match="killed"):
+        run_pipeline(keys, callbacks=[KillAfterCheckpoint("online")])
+    resumed = run_pipeline(keys)
+    straight = run_pipeline(two_stages(assets, tmp_path / "straight"))
+    assert resumed[1]["resumed_from"].endswith("checkpoint-1")
+    loss = straight[1]["metrics"]["train/train_loss"]
+    assert resumed[1]["metrics"]["train/train_loss"] == pytest.approx(loss, rel=1e-3)
+
+
+def test_a_pipeline_refuses_a_folder_it_did_not_create(assets, tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    with pytest.raises(OwnershipError, match="was not created by trl-opd"):
+        run_pipeline(two_stages(assets, tmp_path / "run"))
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["notes.txt"]

@@ -55,11 +55,15 @@ def keys_fingerprint(keys: dict) -> str:
 def changed_keys(before: dict, after: dict) -> list[str]:
     """``["lmbda: 0.0 (then) -> 0.5 (now)", ...]``, one entry per key that differs (also keys set on one side only)."""
     before, after = training_keys(before), training_keys(after)
-    out = []
-    for key in sorted(set(before) | set(after)):
-        if before.get(key, "<unset>") != after.get(key, "<unset>"):
-            out.append(f"{key}: {before.get(key, '<unset>')!r} (then) -> {after.get(key, '<unset>')!r} (now)")
-    return out
+
+    def shown(keys, key):
+        return repr(keys[key]) if key in keys else "<unset>"
+
+    return [
+        f"{key}: {shown(before, key)} (then) -> {shown(after, key)} (now)"
+        for key in sorted(set(before) | set(after))
+        if shown(before, key) != shown(after, key)
+    ]
 
 
 def weights_fingerprint(model) -> str:

@@ -20,6 +20,11 @@ def register(subparsers) -> None:
     parser.add_argument("recipe", help="the recipe YAML file (recipes/ holds examples)")
     parser.add_argument("--output_dir", "--output-dir", dest="output_dir", help="override the recipe's output_dir")
     parser.add_argument("--check", action="store_true", help="validate the recipe and print its stages; train nothing")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="train again the stages whose keys changed since they were started (their checkpoints are deleted)",
+    )
     parser.set_defaults(func=run_pipeline_command)
 
 
@@ -35,5 +40,5 @@ def run_pipeline_command(args: argparse.Namespace) -> int:
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     from ..pipeline.runner import run_pipeline
 
-    run_pipeline(recipe)
+    run_pipeline(recipe, overwrite=args.overwrite)
     return 0

@@ -167,6 +167,12 @@ def load_recipe(source: str | os.PathLike | dict, output_dir: str | None = None)
     for key in raw:
         if key == "env":
             raise RecipeError(f"{path}: env is not supported in a recipe; set the variables in the shell.")
+    for where, keys in [(path, raw)] + [
+        (f"{path}, stage {i}", s) for i, s in enumerate(stages_raw, 1) if isinstance(s, dict)
+    ]:
+        if "overwrite_output_dir" in keys:
+            raise RecipeError(f"{where}: overwrite_output_dir is not a recipe key; run `trl-opd pipeline RECIPE "
+                              "--overwrite` to train again the stages whose keys changed.")  # fmt: skip
 
     # The stages: name, trainer, budget, and keys of that trainer.
     names, trainers, budgets = [], [], []
