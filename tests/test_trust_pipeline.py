@@ -141,3 +141,60 @@ def test_a_pipeline_refuses_a_folder_it_did_not_create(assets, tmp_path):
     with pytest.raises(OwnershipError, match="was not created by trl-opd"):
         run_pipeline(two_stages(assets, tmp_path / "run"))
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["notes.txt"]
+
+
+# ------------------------------------------------------------------------------------------ validation before compute
+
+
+@pytest.mark.parametrize(
+    "online, message",
+    [
+        ({"lmbda": "abc"}, "lmbda in {recipe}, stage 'online' must be a finite number, got 'abc' (str)."),
+        ({"lmbda": 2.0}, "{recipe}, stage 'online': "),
+        ({"max_completion_length": [3]}, "max_completion_length in {recipe}, stage 'online' must be an integer"),
+        (
+            {"teacher_model_name_or_path": "org/no-such-teacher"},
+            "{recipe}, stage 'online': teacher_model_name_or_path 'org/no-such-teacher' is no local folder and is not "
+            "in the Hugging Face cache",
+        ),
+        ({"curriculum": {"warmup": "x"}}, "{recipe}, stage 'online': unknown key 'warmup'"),
+    ],
+)
+def test_check_parses_every_stage_as_the_run_will(assets, tmp_path, capsys, online, message):
+    keys = two_stages(assets, tmp_path / "run")
+    keys["stages"][1].update(online)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(keys))
+    message = message.format(recipe=path)
+    assert main(["pipeline", str(path), "--check"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    if "lmbda" in online and online["lmbda"] == 2.0:
+        assert "lmbda" in err
+    with pytest.raises(RecipeError, match="stage 'online'"):
+        run_pipeline(str(path))
+    assert not (tmp_path / "run").exists()  # refused before the first stage trained
+
+
+@pytest.mark.parametrize("command", ["gkd", "pipeline", "plan"])
+def test_malformed_yaml_is_one_error_line_with_file_line_and_column(tmp_path, capsys, command):
+    path = tmp_path / "broken.yaml"
+    path.write_text("max_steps: 3\nlmbda: [0.5\nseed: 0\n")
+    argv = {"gkd": ["gkd", "--config", str(path)], "pipeline": ["pipeline", str(path)],
+            "plan": ["plan", "--config", str(path)]}[command]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"trl-opd {command}: error: {path}:3:5: not valid YAML")
+
+
+def test_plan_config_names_the_key_of_a_bad_value(tmp_path, capsys):
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump({"model_name_or_path": "smollm2:student", "per_device_train_batch_size": "abc"}))
+    assert main(["plan", "--config", str(path)]) == 2
+    assert f"per_device_train_batch_size in {path} must be an integer, got 'abc'" in capsys.readouterr().err
+
+
+def test_an_output_dir_that_cannot_be_written_is_refused_before_training(assets, tmp_path, capsys):
+    (tmp_path / "file").write_text("not a folder")
+    assert main(["gkd", "--config", gkd_yaml(assets, tmp_path, tmp_path / "file" / "out")]) == 2
+    assert "cannot create output_dir" in capsys.readouterr().err

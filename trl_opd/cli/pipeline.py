@@ -33,6 +33,12 @@ def run_pipeline_command(args: argparse.Namespace) -> int:
 
     recipe = load_recipe(args.recipe, output_dir=args.output_dir)
     if args.check:
+        import os
+
+        os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+        from ..pipeline.validate import check_recipe_stages
+
+        check_recipe_stages(recipe)  # every stage parsed and its inputs read, as the run will
         print(recipe.describe())
         return 0
     import os

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from .commands import COMMANDS, EXTRA_YAML_KEYS, OPDScriptArguments, dataclass_types
 from .keys import command_fields
+from .values import check_values
 
 
 #: Defaults on a machine without CUDA (TRL's configs default to bf16 and gradient checkpointing, the examples' way).
@@ -107,8 +108,16 @@ def read_yaml_mapping(path: str, missing: str, not_mapping: str, error: type[Exc
 
     if not os.path.isfile(path):
         raise error(f"{path}: {missing}")
-    with open(path) as handle:
-        loaded = yaml.safe_load(handle) or {}
+    try:
+        with open(path) as handle:
+            loaded = yaml.safe_load(handle) or {}
+    except yaml.MarkedYAMLError as problem:
+        mark = problem.problem_mark or problem.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else path
+        what = " ".join(str(part) for part in (problem.context, problem.problem) if part)
+        raise error(f"{where}: not valid YAML: {what}; fix the file at that line and column.") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as problem:
+        raise error(f"{path}: not a readable YAML text ({problem}).") from None
     if not isinstance(loaded, dict):
         raise error(f"{path} must hold a YAML mapping {not_mapping}, got {type(loaded).__name__}.")
     return loaded
@@ -135,6 +144,7 @@ def parse_run(command: str, config: dict | None = None, argv: list[str] | None =
         config.update(loaded)
         where = path
     check_keys(command, config, where)
+    check_values(command, config, where)
     check_flags(command, argv)
     for key in [k for k, v in config.items() if v is False and k.endswith("_strategy")]:
         config[key] = "no"  # YAML 1.1 reads an unquoted `save_strategy: no` as false

@@ -29,6 +29,7 @@ from .arguments import parse_run
 from .folders import claim_pipeline_dir, claim_stage_dir, stage_fingerprint
 from .recipe import Recipe, Stage, load_recipe
 from .run import last_checkpoint, model_init_kwargs, resolve_model_paths, run_training
+from .validate import check_recipe_stages
 
 
 logger = logging.getLogger(__name__)
@@ -228,6 +229,7 @@ def run_pipeline(
     """
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe, output_dir=output_dir)
+    check_recipe_stages(recipe)  # no stage fails on its keys or inputs after an earlier one has trained
     claim_pipeline_dir(recipe.output_dir)
     entries: list[dict] = []
     start_path = os.path.join(recipe.output_dir, START_FILE)
