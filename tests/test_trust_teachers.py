@@ -155,3 +155,15 @@ def test_a_routed_teacher_that_fails_the_check_is_named_by_its_id(tmp_path, teac
     routed = rows.map(lambda _, i: {"teacher_id": "bad" if i % 2 else "good"}, with_indices=True)
     with pytest.raises(ValueError, match=r"The teacher 'bad' \(teacher_id\) cannot teach this student"):
         make_trainer(tmp_path / "run", tok, routed, teacher={"good": teacher, "bad": narrow}, **RUN)
+
+
+def test_the_weights_fingerprint_tells_teachers_apart_but_not_their_float_dtypes(teacher, tok):
+    import copy
+
+    import torch
+
+    from trl_opd.fingerprint import weights_fingerprint
+
+    other = tiny_llama(len(tok), tokenizer=tok, seed=3, hidden_size=48)
+    assert weights_fingerprint(teacher) != weights_fingerprint(other)
+    assert weights_fingerprint(teacher) == weights_fingerprint(copy.deepcopy(teacher).to(torch.bfloat16))

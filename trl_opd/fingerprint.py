@@ -67,12 +67,12 @@ def changed_keys(before: dict, after: dict) -> list[str]:
 
 
 def weights_fingerprint(model) -> str:
-    """A digest of a model's weights: per parameter (sorted by name) its name, shape, dtype and up to
-    :data:`SAMPLED_ELEMENTS` evenly spaced elements (as float32 bytes).
+    """A digest of a model's weights: per parameter (sorted by name) its name, shape and up to
+    :data:`SAMPLED_ELEMENTS` evenly spaced elements rounded to bfloat16.
 
     Two checkpoints of different training runs differ in nearly every element, so a sample tells them apart while
-    reading a few MB even for a 70B model. The digest is of the weights as loaded: the same teacher loaded in 4-bit
-    and in bf16 gives two fingerprints (they are two teachers).
+    reading a few MB even for a 70B model. The rounding makes a float32 and a bfloat16 load of one checkpoint agree;
+    a 4-bit load stores other values (packed integers) and is another teacher.
     """
     import torch
 
@@ -80,12 +80,11 @@ def weights_fingerprint(model) -> str:
     with torch.no_grad():
         for name, param in sorted(model.named_parameters(), key=lambda item: item[0]):
             flat = param.detach().reshape(-1)
-            sha.update(f"{name}|{tuple(param.shape)}|{param.dtype}|".encode())
+            sha.update(f"{name}|{tuple(param.shape)}|".encode())
             if flat.numel() == 0:
                 continue
             step = max(1, flat.numel() // SAMPLED_ELEMENTS)
             sample = flat[::step][:SAMPLED_ELEMENTS]
-            if not sample.is_floating_point():
-                sample = sample.to(torch.int64)
+            sample = sample.to(torch.bfloat16) if sample.is_floating_point() else sample.to(torch.int64)
             sha.update(sample.float().cpu().numpy().tobytes())
     return sha.hexdigest()[:16]
