@@ -167,3 +167,25 @@ def test_the_weights_fingerprint_tells_teachers_apart_but_not_their_float_dtypes
     other = tiny_llama(len(tok), tokenizer=tok, seed=3, hidden_size=48)
     assert weights_fingerprint(teacher) != weights_fingerprint(other)
     assert weights_fingerprint(teacher) == weights_fingerprint(copy.deepcopy(teacher).to(torch.bfloat16))
+
+
+def test_a_folder_in_use_by_another_process_is_refused(tmp_path):
+    import time
+
+    from trl_opd.ownership import claim
+
+    code = (
+        "import sys, time; from trl_opd.ownership import claim; "
+        f"claim({str(tmp_path / 'busy')!r}, 'teacher-cache', 'the cache folder'); print('held', flush=True); "
+        "time.sleep(60)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(OwnershipError, match=rf"in use by another trl-opd process \(pid {holder.pid}\)"):
+            claim(tmp_path / "busy", "teacher-cache", "the cache folder")
+    finally:
+        holder.kill()
+        holder.wait()
+    time.sleep(0.1)
+    claim(tmp_path / "busy", "teacher-cache", "the cache folder")  # the lock died with its process

@@ -10,6 +10,7 @@ gets a marker file, :data:`MARKER_NAME`, recording what it holds (``kind``) and 
 * a folder marked with another kind, or a non-empty folder without a marker, is refused: no flag makes the package
   write into (or delete from) a folder it does not own.
 
+A claimed folder is locked (:func:`lock`) for the life of the process: a second process claiming it is refused.
 Deletions go through :func:`remove_owned`, which deletes only entries of a marked folder. :func:`child_dir` keeps a
 name from leaving its parent (``..``, ``.``, a path separator, a link out).
 """
@@ -75,7 +76,7 @@ def claim(folder: str | os.PathLike, kind: str, what: str, **fields) -> tuple[di
         raise OwnershipError(f"{what} {folder} is a file, not a folder; choose a folder.")
     marker = read_marker(folder) if os.path.isdir(folder) else None
     if marker is None:
-        entries = os.listdir(folder) if os.path.isdir(folder) else []
+        entries = [name for name in os.listdir(folder) if name != LOCK_NAME] if os.path.isdir(folder) else []
         if entries:
             shown = ", ".join(sorted(entries)[:4]) + (", ..." if len(entries) > 4 else "")
             raise OwnershipError(
@@ -89,12 +90,56 @@ def claim(folder: str | os.PathLike, kind: str, what: str, **fields) -> tuple[di
                 from None  # fmt: skip
         marker = {"kind": kind, **fields}
         write_marker(folder, marker)
+        lock(folder, what)
         return marker, True
     if marker["kind"] != kind:
         raise OwnershipError(f"{what} {folder} holds a trl-opd {marker['kind']}, not a {kind}; choose another folder.")
     if not os.access(folder, os.W_OK):
         raise OwnershipError(f"{what} {folder} is not writable; fix its permissions or choose another folder.")
+    lock(folder, what)
     return marker, False
+
+
+LOCK_NAME = ".trl-opd.lock"
+_HELD: dict[str, object] = {}  # folder -> the open lock file, held until the process exits
+
+
+def lock(folder: str | os.PathLike, what: str) -> None:
+    """Hold an exclusive lock on ``folder`` until this process exits, so that two processes never train into (or
+    build) the same folder at once. The operating system releases it when the process dies, so a killed run leaves
+    no stale lock. No-op where ``fcntl`` is missing (Windows) and when this process holds the lock already.
+
+    Raises:
+        OwnershipError: another process holds the lock (it names that process's id).
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return
+    folder = os.path.realpath(os.fspath(folder))
+    if folder in _HELD:
+        return
+    handle = open(os.path.join(folder, LOCK_NAME), "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise OwnershipError(f"{what} {folder} is in use by another trl-opd process (pid {holder}); wait for it to "
+                             "finish, or choose another folder.") from None  # fmt: skip
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    _HELD[folder] = handle
+
+
+def release(folder: str | os.PathLike) -> None:
+    """Release the lock :func:`lock` took on ``folder`` (a no-op when this process does not hold it)."""
+    handle = _HELD.pop(os.path.realpath(os.fspath(folder)), None)
+    if handle is not None:
+        handle.close()
 
 
 def remove_owned(folder: str | os.PathLike, names) -> int:

@@ -17,7 +17,7 @@ import os
 import re
 
 from ..fingerprint import changed_keys, digest, keys_fingerprint, training_keys
-from ..ownership import MARKER_NAME, OwnershipError, claim, remove_owned, write_marker
+from ..ownership import LOCK_NAME, MARKER_NAME, OwnershipError, claim, remove_owned, write_marker
 
 
 RUN_KIND = "run"
@@ -48,7 +48,7 @@ def claim_run_dir(run) -> None:
     marker, created = claim(folder, RUN_KIND, "output_dir", **fields)
     if created:
         return
-    earlier = sorted(set(os.listdir(folder)) - {MARKER_NAME})
+    earlier = sorted(set(os.listdir(folder)) - {MARKER_NAME, LOCK_NAME})
     held = resumable_entries(folder)
     if not earlier or run.script.overwrite_output_dir:
         if held:

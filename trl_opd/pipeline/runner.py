@@ -24,7 +24,7 @@ import logging
 import os
 
 from ..atomic import write_json, write_text
-from ..ownership import OwnershipError, read_marker
+from ..ownership import OwnershipError, read_marker, release
 from .arguments import parse_run
 from .folders import claim_pipeline_dir, claim_stage_dir, stage_fingerprint
 from .recipe import Recipe, Stage, load_recipe
@@ -231,6 +231,14 @@ def run_pipeline(
         recipe = load_recipe(recipe, output_dir=output_dir)
     check_recipe_stages(recipe)  # no stage fails on its keys or inputs after an earlier one has trained
     claim_pipeline_dir(recipe.output_dir)
+    try:
+        return _run_stages(recipe, callbacks, overwrite)
+    finally:
+        for folder in [recipe.output_dir, *(recipe.stage_dir(stage) for stage in recipe.stages)]:
+            release(folder)  # another process may continue the pipeline once this call returns
+
+
+def _run_stages(recipe: Recipe, callbacks, overwrite: bool) -> list[dict]:
     entries: list[dict] = []
     start_path = os.path.join(recipe.output_dir, START_FILE)
     previous_dir, previous = None, None

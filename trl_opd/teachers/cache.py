@@ -42,7 +42,7 @@ from ..data import completion_token_ids, prepare_prompt_completion_dataset, prom
 from ..divergences import LMHead
 from ..divergences.topk import TopKTargets, topk_targets_from_hidden
 from ..fingerprint import weights_fingerprint
-from ..ownership import OwnershipError, child_dir, claim, remove_owned
+from ..ownership import OwnershipError, child_dir, claim, release, remove_owned
 from ..scoring import completion_hidden_states, pack
 
 
@@ -163,74 +163,79 @@ def build_teacher_cache(
     if top_k > vocab:
         raise ValueError(f"top_k={top_k} exceeds the teacher's vocabulary ({vocab} rows); pass at most {vocab}.")
     out = Path(prepare_cache_folder(output_dir, overwrite=overwrite))
-    dataset = prepare_prompt_completion_dataset(dataset, "dataset")
-    device = next(teacher.parameters()).device
-    was_training = teacher.training
-    teacher.eval()
-    features = Features(
-        {
-            "row": Value("int64"),
-            "hash": Value("string"),
-            "n_tokens": Value("int32"),
-            "ids": Sequence(Value("int32")),
-            "log_probs": Sequence(Value("float32")),
-            "tail": Sequence(Value("float32")),
-        }
-    )
-    shard: dict[str, list] = {name: [] for name in features}
-    shards: list[dict] = []
-    tokens = 0
-
-    def flush():
-        nonlocal shard
-        if shard["row"]:
-            name = f"shard-{len(shards):05d}"
-            with _quiet_datasets():
-                Dataset.from_dict(shard, features=features).save_to_disk(str(out / name))
-            shards.append({"name": name, "rows": len(shard["row"]), **shard_checksum(out / name)})
-            shard = {name: [] for name in features}
-
     try:
-        for first in range(0, len(dataset), batch_size):
-            rows = [dataset[i] for i in range(first, min(first + batch_size, len(dataset)))]
-            ids = [_row_ids(tokenizer, r, max_prompt_length, max_completion_length, chat_template_kwargs) for r in rows]
-            batch = pack([p for p, _ in ids], [c for _, c in ids], tokenizer.pad_token_id or 0, device)
-            hidden = completion_hidden_states(teacher, batch)
-            targets = topk_targets_from_hidden(hidden, head, top_k, vocab, temperature)
-            _check_finite(targets, first, ids)
-            offset = 0
-            for i, (prompt, completion) in enumerate(ids):
-                part = targets.select(slice(offset, offset + len(completion)))
-                offset += len(completion)
-                shard["row"].append(first + i)
-                shard["hash"].append(row_hash(prompt, completion))
-                shard["n_tokens"].append(len(completion))
-                shard["ids"].append(part.ids.flatten().to(torch.int32).tolist())
-                shard["log_probs"].append(part.log_probs.flatten().float().tolist())
-                shard["tail"].append(part.tail_log_prob.float().tolist())
-                tokens += len(completion)
-            if len(shard["row"]) >= shard_rows:
-                flush()
-        flush()
+        dataset = prepare_prompt_completion_dataset(dataset, "dataset")
+        device = next(teacher.parameters()).device
+        was_training = teacher.training
+        teacher.eval()
+        features = Features(
+            {
+                "row": Value("int64"),
+                "hash": Value("string"),
+                "n_tokens": Value("int32"),
+                "ids": Sequence(Value("int32")),
+                "log_probs": Sequence(Value("float32")),
+                "tail": Sequence(Value("float32")),
+            }
+        )
+        shard: dict[str, list] = {name: [] for name in features}
+        shards: list[dict] = []
+        tokens = 0
+
+        def flush():
+            nonlocal shard
+            if shard["row"]:
+                name = f"shard-{len(shards):05d}"
+                with _quiet_datasets():
+                    Dataset.from_dict(shard, features=features).save_to_disk(str(out / name))
+                shards.append({"name": name, "rows": len(shard["row"]), **shard_checksum(out / name)})
+                shard = {name: [] for name in features}
+
+        try:
+            for first in range(0, len(dataset), batch_size):
+                rows = [dataset[i] for i in range(first, min(first + batch_size, len(dataset)))]
+                ids = [
+                    _row_ids(tokenizer, r, max_prompt_length, max_completion_length, chat_template_kwargs) for r in rows
+                ]
+                batch = pack([p for p, _ in ids], [c for _, c in ids], tokenizer.pad_token_id or 0, device)
+                hidden = completion_hidden_states(teacher, batch)
+                targets = topk_targets_from_hidden(hidden, head, top_k, vocab, temperature)
+                _check_finite(targets, first, ids)
+                offset = 0
+                for i, (prompt, completion) in enumerate(ids):
+                    part = targets.select(slice(offset, offset + len(completion)))
+                    offset += len(completion)
+                    shard["row"].append(first + i)
+                    shard["hash"].append(row_hash(prompt, completion))
+                    shard["n_tokens"].append(len(completion))
+                    shard["ids"].append(part.ids.flatten().to(torch.int32).tolist())
+                    shard["log_probs"].append(part.log_probs.flatten().float().tolist())
+                    shard["tail"].append(part.tail_log_prob.float().tolist())
+                    tokens += len(completion)
+                if len(shard["row"]) >= shard_rows:
+                    flush()
+            flush()
+        finally:
+            teacher.train(was_training)
+        meta = CacheMeta(
+            top_k=min(top_k, vocab),
+            temperature=temperature,
+            rows=len(dataset),
+            tokens=tokens,
+            max_completion_length=max_completion_length,
+            max_prompt_length=max_prompt_length,
+            teacher=str(getattr(teacher, "name_or_path", "") or type(teacher).__name__),
+            teacher_vocab_size=vocab,
+            tokenizer=tokenizer_fingerprint(tokenizer),
+            chat_template_kwargs=dict(chat_template_kwargs or {}),
+            seconds=time.perf_counter() - start,
+            teacher_fingerprint=weights_fingerprint(teacher),
+            shards=shards,
+        )
+        write_json(out / META_NAME, asdict(meta))  # last and atomic: a killed build leaves no meta.json
+        return TeacherCache(out)
     finally:
-        teacher.train(was_training)
-    meta = CacheMeta(
-        top_k=min(top_k, vocab),
-        temperature=temperature,
-        rows=len(dataset),
-        tokens=tokens,
-        max_completion_length=max_completion_length,
-        max_prompt_length=max_prompt_length,
-        teacher=str(getattr(teacher, "name_or_path", "") or type(teacher).__name__),
-        teacher_vocab_size=vocab,
-        tokenizer=tokenizer_fingerprint(tokenizer),
-        chat_template_kwargs=dict(chat_template_kwargs or {}),
-        seconds=time.perf_counter() - start,
-        teacher_fingerprint=weights_fingerprint(teacher),
-        shards=shards,
-    )
-    write_json(out / META_NAME, asdict(meta))  # last and atomic: a killed build leaves no meta.json
-    return TeacherCache(out)
+        release(out)  # another process may rebuild it once this call returns
 
 
 def prepare_cache_folder(output_dir: str | os.PathLike, *, overwrite: bool = False, check_only: bool = False) -> str:
