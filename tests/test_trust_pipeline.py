@@ -198,3 +198,10 @@ def test_an_output_dir_that_cannot_be_written_is_refused_before_training(assets,
     (tmp_path / "file").write_text("not a folder")
     assert main(["gkd", "--config", gkd_yaml(assets, tmp_path, tmp_path / "file" / "out")]) == 2
     assert "cannot create output_dir" in capsys.readouterr().err
+
+
+def test_a_key_given_twice_in_yaml_is_refused_not_silently_overridden(tmp_path, capsys):
+    path = tmp_path / "twice.yaml"
+    path.write_text("lmbda: 0.1\nmax_steps: 2\nlmbda: 0.9\n")
+    assert main(["gkd", "--config", str(path)]) == 2
+    assert f"{path}:3:1: not valid YAML: the key 'lmbda' is given twice" in capsys.readouterr().err

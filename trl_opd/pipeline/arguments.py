@@ -102,6 +102,26 @@ class RunArguments:
         return out
 
 
+def _unique_key_loader():
+    """PyYAML's safe loader refusing a key given twice in one mapping (PyYAML keeps the last one silently)."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if isinstance(key, (str, int, float, bool)) and key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"the key {key!r} is given twice (the last one would win silently)",
+                        key_node.start_mark,
+                    )  # fmt: skip
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
+
+
 def read_yaml_mapping(path: str, missing: str, not_mapping: str, error: type[Exception] = ValueError) -> dict:
     """The top-level mapping of the YAML file ``path``; ``missing`` / ``not_mapping`` end the errors (the fix)."""
     import yaml
@@ -110,7 +130,7 @@ def read_yaml_mapping(path: str, missing: str, not_mapping: str, error: type[Exc
         raise error(f"{path}: {missing}")
     try:
         with open(path) as handle:
-            loaded = yaml.safe_load(handle) or {}
+            loaded = yaml.load(handle, Loader=_unique_key_loader()) or {}  # a SafeLoader subclass
     except yaml.MarkedYAMLError as problem:
         mark = problem.problem_mark or problem.context_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else path
