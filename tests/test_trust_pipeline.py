@@ -20,7 +20,7 @@ def assets(tmp_path_factory):
     return write_assets(tmp_path_factory.mktemp("trust_assets"))
 
 
-@pytest.mark.parametrize("name", ["..", ".", ".hidden", "-x", "summary.json", "a/b"])
+@pytest.mark.parametrize("name", ["..", ".", ".hidden", "-x", "summary.json", "a/b", "a" * 256])
 def test_a_stage_name_cannot_leave_the_pipeline_folder(assets, tmp_path, name, capsys):
     keys = recipe(assets, tmp_path / "run", stages=[{"name": name, "trainer": "gkd", "budget": 1.0}])
     with pytest.raises(RecipeError, match="name must be a folder name inside output_dir"):
@@ -205,3 +205,20 @@ def test_a_key_given_twice_in_yaml_is_refused_not_silently_overridden(tmp_path, 
     path.write_text("lmbda: 0.1\nmax_steps: 2\nlmbda: 0.9\n")
     assert main(["gkd", "--config", str(path)]) == 2
     assert f"{path}:3:1: not valid YAML: the key 'lmbda' is given twice" in capsys.readouterr().err
+
+
+def test_overwrite_and_resume_together_are_refused(assets, tmp_path, capsys):
+    config = gkd_yaml(assets, tmp_path, tmp_path / "out")
+    assert main(["gkd", "--config", config, "--overwrite_output_dir", "true", "--resume_from_checkpoint", "true"]) == 2
+    assert "overwrite_output_dir: true deletes the checkpoints that resume_from_checkpoint" in capsys.readouterr().err
+
+
+def test_a_later_stage_folder_the_package_does_not_own_is_refused_before_stage_one(assets, tmp_path):
+    keys = two_stages(assets, tmp_path / "run")
+    run_dir = tmp_path / "run"
+    run_pipeline({**keys, "stages": keys["stages"][:1] + [{**keys["stages"][1], "name": "other"}]})  # owns run/
+    (run_dir / "online").mkdir()
+    (run_dir / "online" / "notes.txt").write_text("mine")
+    with pytest.raises(OwnershipError, match="stage 'online' .* was not created by trl-opd"):
+        run_pipeline({**keys, "stages": [{**keys["stages"][0], "lmbda": 0.5}, keys["stages"][1]]}, overwrite=True)
+    assert json.loads((run_dir / "offline" / "stage.json").read_text())["steps"] == 2  # stage 1 was not retrained

@@ -189,3 +189,11 @@ def test_a_folder_in_use_by_another_process_is_refused(tmp_path):
         holder.wait()
     time.sleep(0.1)
     claim(tmp_path / "busy", "teacher-cache", "the cache folder")  # the lock died with its process
+
+
+def test_a_cache_whose_build_was_interrupted_is_named(tmp_path, teacher, tok, rows):
+    build(teacher, tok, rows, tmp_path / "cache")
+    (tmp_path / "cache" / "meta.json").unlink()  # a kill before meta.json, which is written last
+    with pytest.raises(CacheError, match="is not a teacher cache .*a build that was interrupted leaves none"):
+        TeacherCache(tmp_path / "cache")
+    build(teacher, tok, rows, tmp_path / "cache")  # rebuilt without --overwrite: nothing complete was there

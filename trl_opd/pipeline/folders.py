@@ -17,7 +17,7 @@ import os
 import re
 
 from ..fingerprint import changed_keys, digest, keys_fingerprint, training_keys
-from ..ownership import LOCK_NAME, MARKER_NAME, OwnershipError, claim, remove_owned, write_marker
+from ..ownership import LOCK_NAME, MARKER_NAME, OwnershipError, claim, read_marker, remove_owned, write_marker
 
 
 RUN_KIND = "run"
@@ -43,6 +43,12 @@ def claim_run_dir(run) -> None:
         OwnershipError: naming the folder, what it holds and the fix.
     """
     folder = run.training.output_dir
+    resume = run.training.resume_from_checkpoint
+    if run.script.overwrite_output_dir and (resume is True or str(resume).lower() in ("true", "last")):
+        raise OwnershipError(
+            "overwrite_output_dir: true deletes the checkpoints that resume_from_checkpoint: true would continue; "
+            "pass one of them."
+        )
     keys = {"trainer": run.command, **run.given}
     fields = {"trainer": run.command, "fingerprint": keys_fingerprint(keys), "keys": training_keys(keys)}
     marker, created = claim(folder, RUN_KIND, "output_dir", **fields)
@@ -81,6 +87,22 @@ def stage_fingerprint(trainer: str, keys: dict, previous: str | None) -> str:
 def claim_pipeline_dir(folder: str) -> None:
     """Make sure a pipeline may write into ``folder`` (its own folder, or a new or empty one)."""
     claim(folder, PIPELINE_KIND, "the pipeline's output_dir")
+
+
+def check_stage_dir(stage_dir: str, name: str) -> None:
+    """Refuse, before the first stage trains, a stage folder that exists and is not a stage folder of trl-opd (a
+    user's folder, or another kind's)."""
+    if not os.path.exists(stage_dir):
+        return
+    what = f"the folder of stage {name!r}"
+    if not os.path.isdir(stage_dir):
+        raise OwnershipError(f"{what} {stage_dir} is a file, not a folder; move it away or rename the stage.")
+    marker = read_marker(stage_dir)
+    if marker is None and set(os.listdir(stage_dir)) - {LOCK_NAME}:
+        raise OwnershipError(f"{what} {stage_dir} is not empty and was not created by trl-opd (it has no "
+                             f"{MARKER_NAME}); move it away or rename the stage.")  # fmt: skip
+    if marker is not None and marker["kind"] != STAGE_KIND:
+        raise OwnershipError(f"{what} {stage_dir} holds a trl-opd {marker['kind']}; move it away or rename the stage.")
 
 
 def claim_stage_dir(stage_dir: str, name: str, trainer: str, keys: dict, fingerprint: str, overwrite: bool) -> None:

@@ -45,6 +45,8 @@ MODEL_KEY_PATTERN = re.compile(
 #: Keys naming local files or folders that must exist (a Hub id ``org/name`` is let through for the models).
 PATH_KEYS = ("model_name_or_path", "teacher_model_name_or_path", "dataset_name", "teacher_cache")
 BUDGET_TOLERANCE = 1e-6
+#: The longest folder name most file systems accept (bytes).
+MAX_NAME_BYTES = 255
 #: Names the pipeline's own files take in output_dir: no stage folder may shadow them.
 RESERVED_NAMES = ("summary.json", "summary.md", "start.json")
 #: Keys that mean something else in each trainer (docs/index.md, "Five meanings of beta"): stage keys only when the
@@ -181,9 +183,15 @@ def load_recipe(source: str | os.PathLike | dict, output_dir: str | None = None)
         if not isinstance(stage, dict):
             raise RecipeError(f"{where}: a stage is a mapping {{name: ..., trainer: ..., budget: ...}}.")
         name = stage.get("name")
-        if not isinstance(name, str) or not re.fullmatch(r"\w[\w.-]*", name) or name in RESERVED_NAMES:
+        if (
+            not isinstance(name, str)
+            or not re.fullmatch(r"\w[\w.-]*", name)
+            or name in RESERVED_NAMES
+            or len(name.encode()) > MAX_NAME_BYTES
+        ):
             raise RecipeError(f"{where}: name must be a folder name inside output_dir (letters, digits, _ . -, not "
-                              f"starting with '.' or '-', not {', '.join(RESERVED_NAMES)}), got {name!r}.")  # fmt: skip
+                              f"starting with '.' or '-', at most {MAX_NAME_BYTES} bytes, not "
+                              f"{', '.join(RESERVED_NAMES)}), got {name!r}.")  # fmt: skip
         if name in names:
             raise RecipeError(f"{where}: the name {name!r} is used twice; stage names must be unique.")
         where = f"{path}, stage {name!r}"

@@ -26,7 +26,7 @@ import os
 from ..atomic import write_json, write_text
 from ..ownership import OwnershipError, read_marker, release
 from .arguments import parse_run
-from .folders import claim_pipeline_dir, claim_stage_dir, stage_fingerprint
+from .folders import check_stage_dir, claim_pipeline_dir, claim_stage_dir, stage_fingerprint
 from .recipe import Recipe, Stage, load_recipe
 from .run import last_checkpoint, model_init_kwargs, resolve_model_paths, run_training
 from .validate import check_recipe_stages
@@ -231,6 +231,8 @@ def run_pipeline(
         recipe = load_recipe(recipe, output_dir=output_dir)
     check_recipe_stages(recipe)  # no stage fails on its keys or inputs after an earlier one has trained
     claim_pipeline_dir(recipe.output_dir)
+    for stage in recipe.stages:  # every stage folder may be written, before the first stage trains
+        check_stage_dir(recipe.stage_dir(stage), stage.name)
     try:
         return _run_stages(recipe, callbacks, overwrite)
     finally:

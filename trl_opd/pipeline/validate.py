@@ -61,7 +61,10 @@ def check_run_inputs(run, *, first_stage: bool = True) -> None:
     cache = getattr(run.training, "teacher_cache", None)
     if cache:
         TeacherCache(cache)
-    load_splits(run.script)
+    try:
+        load_splits(run.script)
+    except (ValueError, KeyError, FileNotFoundError) as error:
+        raise ValueError(f"dataset_name {run.script.dataset_name!r}: {error}") from None
 
 
 def check_recipe_stages(recipe) -> None:

@@ -313,13 +313,13 @@ def read_cache_meta(path: str | os.PathLike) -> CacheMeta:
     """The ``meta.json`` of the cache at ``path``, every field checked; each problem is named with the fix.
 
     Raises:
-        FileNotFoundError: ``path`` holds no ``meta.json`` (not a cache, or a build that did not finish).
-        CacheError: ``meta.json`` is not valid JSON, is of another format, or has a missing, unknown or invalid field.
+        CacheError: ``path`` holds no ``meta.json`` (not a cache, or a build that did not finish), or ``meta.json``
+            is not valid JSON, is of another format, or has a missing, unknown or invalid field.
     """
     path = Path(path)
     meta_path = path / META_NAME
     if not meta_path.is_file():
-        raise FileNotFoundError(
+        raise CacheError(
             f"{path} is not a teacher cache (no {META_NAME}; a build that was interrupted leaves none): build one with "
             "trl_opd.build_teacher_cache or `trl-opd cache-teacher` (--overwrite to replace an unfinished one)."
         )
