@@ -150,3 +150,81 @@ def test_the_lab_imports_only_public_library_names_and_has_no_loop():
         if target.startswith(LIBRARY) and any(part.startswith("_") for part in [*target.split("."), imported or ""])
     ]
     assert private == []
+
+
+#: The layers of docs/architecture.md, bottom first: a module imports only from its own layer or those under it.
+LAYERS = (
+    (
+        "schedules",
+        "tiling",
+        "float_path",
+        "divergences.registry",
+        "memory",
+        "measurement",
+        "assets",
+        "tiny",
+        "atomic",
+        "fingerprint",
+        "ownership",
+    ),  # fmt: skip
+    ("divergences", "scoring", "data", "evaluation", "policy_gradient"),
+    ("models", "compatibility", "teachers", "hooks"),
+    ("trainers",),
+    ("pipeline", "cli"),
+)
+
+
+def layer_of(name: str) -> int:
+    """The layer of a library module (the longest matching prefix wins: ``divergences.registry`` before
+    ``divergences``); the facade ``trl_opd`` is above every layer."""
+    best, found = "", len(LAYERS)
+    for level, prefixes in enumerate(LAYERS):
+        for prefix in prefixes:
+            full = f"{LIBRARY}.{prefix}"
+            if (name == full or name.startswith(full + ".")) and len(full) > len(best):
+                best, found = full, level
+    return found
+
+
+def test_every_module_has_a_layer_and_imports_point_down():
+    graph = edges(LIBRARY)
+    assert [name for name in graph if name != LIBRARY and layer_of(name) == len(LAYERS)] == []
+    upward = [f"{name} -> {target}" for name, targets in graph.items() for target in targets
+              if layer_of(target) > layer_of(name)]  # fmt: skip
+    assert upward == []
+
+
+def tree_paths(text: str) -> set[str]:
+    """The file paths the tree block of docs/architecture.md names (folders by indentation, several names a line)."""
+    block = text.split("## The tree", 1)[1].split("```", 2)[1]
+    folders: list[str] = []
+    paths = set()
+    for line in block.splitlines():
+        if not line.strip():
+            continue
+        depth = (len(line) - len(line.lstrip())) // 2
+        folders = folders[:depth]
+        for token in line.split():
+            if token.endswith("/"):
+                folders.append(token.rstrip("/"))
+                break
+            if not token.endswith((".py", ".json")):
+                break
+            paths.add("/".join([*folders, token]))
+    return paths
+
+
+def test_the_architecture_page_lists_every_module():
+    listed = tree_paths((ROOT / "docs" / "architecture.md").read_text())
+    folded = {"trl_opd/trainers/spin"}  # one line for the SPIN package (its modules are named on it)
+    missing = [
+        str(path.relative_to(ROOT))
+        for package in (LIBRARY, LAB)
+        for path in sorted((ROOT / package).rglob("*.py"))
+        if path.name != "__init__.py"  # a package's own line stands for it
+        and str(path.relative_to(ROOT)) not in listed
+        and str(path.parent.relative_to(ROOT)) not in folded
+    ]
+    assert missing == []
+    stale = [path for path in listed if not (ROOT / path).exists()]
+    assert stale == []

@@ -98,7 +98,7 @@ class Recipe:
         return "\n".join(lines)
 
 
-def _looks_like_hub_id(value: str) -> bool:
+def looks_like_hub_id(value: str) -> bool:
     return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", value)) and not value.startswith(".")
 
 
@@ -110,7 +110,7 @@ def check_paths(keys: dict, where: str) -> None:
             continue
         paths = value.split(",") if key == "dataset_name" else [value]
         for path in paths:
-            if os.path.exists(path) or (key != "dataset_name" and _looks_like_hub_id(path)):
+            if os.path.exists(path) or (key != "dataset_name" and looks_like_hub_id(path)):
                 continue
             fix = {"dataset_name": "a save_to_disk folder, a .json/.jsonl/.parquet file, or reasoning_gym:<task>"}
             raise RecipeError(f"{where}: {key} {path!r} does not exist; pass {fix.get(key, 'an existing folder')}.")

@@ -28,9 +28,9 @@ def check_model_source(value: str | None, key: str) -> None:
         if not os.path.isfile(os.path.join(value, "config.json")):
             raise ValueError(f"{key} {value!r} is a folder without a config.json: pass a model's folder.")
         return
-    from .recipe import _looks_like_hub_id
+    from .recipe import looks_like_hub_id
 
-    if not _looks_like_hub_id(value):
+    if not looks_like_hub_id(value):
         raise ValueError(f"{key} {value!r} does not exist; pass a model's folder, or a Hub id (org/name).")
     from huggingface_hub import try_to_load_from_cache
 
