@@ -75,6 +75,16 @@ def test_two_gkd_runs_never_share_an_output_dir(assets, tmp_path, capsys):
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
 
 
+def test_a_checkpoint_of_another_run_is_resumed_only_with_its_keys(assets, tmp_path, capsys):
+    config = gkd_yaml(assets, tmp_path, tmp_path / "first", max_steps=1)
+    assert main(["gkd", "--config", config]) == 0
+    checkpoint = str(tmp_path / "first" / "checkpoint-1")
+    argv = ["gkd", "--config", config, "--output_dir", str(tmp_path / "second"), "--resume_from_checkpoint", checkpoint]
+    assert main([*argv, "--lmbda", "0.0"]) == 2
+    assert "belongs to a run started with other keys: lmbda: <unset> (then) -> 0.0 (now)" in capsys.readouterr().err
+    assert not (tmp_path / "second").exists()
+
+
 def test_gkd_refuses_a_folder_it_did_not_create(assets, tmp_path, capsys):
     out = tmp_path / "mine"
     out.mkdir()

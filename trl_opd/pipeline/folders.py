@@ -51,6 +51,7 @@ def claim_run_dir(run) -> None:
         )
     keys = {"trainer": run.command, **run.given}
     fields = {"trainer": run.command, "fingerprint": keys_fingerprint(keys), "keys": training_keys(keys)}
+    _check_resumed_checkpoint(resume, keys, fields["fingerprint"])
     marker, created = claim(folder, RUN_KIND, "output_dir", **fields)
     if created:
         return
@@ -73,6 +74,21 @@ def claim_run_dir(run) -> None:
             f"output_dir {folder} holds {what} started with other keys: {'; '.join(changes)}. Resume it with the "
             "keys it was started with, or pass overwrite_output_dir: true to start again (its checkpoints are deleted)."
         )
+
+
+def _check_resumed_checkpoint(resume, keys: dict, fingerprint: str) -> None:
+    """A ``resume_from_checkpoint`` path inside another trl-opd run's folder is resumed only with that run's keys."""
+    if not isinstance(resume, str) or not os.path.isdir(resume):
+        return
+    parent = os.path.dirname(os.path.abspath(resume))
+    marker = read_marker(parent)
+    if marker is None or marker["kind"] != RUN_KIND or marker.get("fingerprint") == fingerprint:
+        return
+    changes = changed_keys(marker.get("keys") or {}, keys)
+    raise OwnershipError(
+        f"resume_from_checkpoint {resume} belongs to a run started with other keys: {'; '.join(changes)}. Resume it "
+        "with those keys, or start from its weights instead (model_name_or_path: that checkpoint)."
+    )
 
 
 def stage_fingerprint(trainer: str, keys: dict, previous: str | None) -> str:
