@@ -19,7 +19,11 @@ def register(subparsers) -> None:
     )
     parser.add_argument("recipe", help="the recipe YAML file (recipes/ holds examples)")
     parser.add_argument("--output_dir", "--output-dir", dest="output_dir", help="override the recipe's output_dir")
-    parser.add_argument("--check", action="store_true", help="validate the recipe and print its stages; train nothing")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="check the recipe, parse every stage and read its inputs as the run will, print the stages; train nothing",
+    )
     parser.add_argument(
         "--overwrite",
         action="store_true",

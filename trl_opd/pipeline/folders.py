@@ -62,7 +62,8 @@ def claim_run_dir(run) -> None:
             remove_owned(folder, held)
         write_marker(folder, {"kind": RUN_KIND, **fields})
         return
-    what = f"an earlier trl-opd {marker.get('trainer', '')} run ({', '.join(held) or 'no checkpoint'})"
+    trainer = " ".join(filter(None, ["trl-opd", str(marker.get("trainer") or "")]))
+    what = f"an earlier {trainer} run ({', '.join(held) or 'no checkpoint'})"
     if not _run_is_resumed(run.training.resume_from_checkpoint):
         raise OwnershipError(
             f"output_dir {folder} holds {what}. Pass resume_from_checkpoint: true to continue it, "
