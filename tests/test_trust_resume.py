@@ -3,21 +3,10 @@ boundary, the PACED curriculum), also killed twice; resuming a finished run trai
 
 import pytest
 import torch
-from helpers import CPU_TRAINING_ARGS, make_trainer
-from transformers import TrainerCallback
+from helpers import make_minillm_trainer, make_trainer
+from test_resume import KillAfter
 
-from trl_opd import MiniLLMConfig, MiniLLMTrainer
 from trl_opd.hooks import PacedCurriculum
-from trl_opd.tiny import tiny_llama
-
-
-class KillAfter(TrainerCallback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_save(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            raise KeyboardInterrupt(f"killed after checkpoint-{self.step}")
 
 
 def record_prompts(trainer, store):
@@ -62,24 +51,8 @@ def test_gkd_resume_is_exact_across_epochs_killed_twice(tmp_path, tok, dataset, 
 
 
 def minillm(folder, tok, rows):
-    args = MiniLLMConfig(
-        output_dir=str(folder),
-        per_device_train_batch_size=4,
-        num_generations=2,
-        max_steps=5,
-        max_completion_length=4,
-        learning_rate=3e-3,
-        save_steps=1,
-        disable_tqdm=True,
-        **{**CPU_TRAINING_ARGS, "save_strategy": "steps"},
-    )
-    return MiniLLMTrainer(
-        model=tiny_llama(len(tok), tokenizer=tok, seed=1),
-        teacher_model=tiny_llama(len(tok), tokenizer=tok, seed=2),
-        args=args,
-        train_dataset=rows,
-        processing_class=tok,
-    )
+    run = dict(per_device_train_batch_size=4, num_generations=2, max_steps=5, max_completion_length=4, save_steps=1)
+    return make_minillm_trainer(folder, tok, rows, save_strategy="steps", **run)
 
 
 def test_minillm_resume_is_exact_across_epochs(tmp_path, tok, dataset):
