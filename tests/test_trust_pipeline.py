@@ -232,3 +232,10 @@ def test_a_later_stage_folder_the_package_does_not_own_is_refused_before_stage_o
     with pytest.raises(OwnershipError, match="stage 'online' .* was not created by trl-opd"):
         run_pipeline({**keys, "stages": [{**keys["stages"][0], "lmbda": 0.5}, keys["stages"][1]]}, overwrite=True)
     assert json.loads((run_dir / "offline" / "stage.json").read_text())["steps"] == 2  # stage 1 was not retrained
+
+
+def test_lab_from_results_names_the_unreadable_file(tmp_path, capsys):
+    path = tmp_path / "results.json"
+    path.write_text("{oops")
+    assert main(["lab", "--from-results", str(path), "--output", str(tmp_path / "report")]) == 2
+    assert f"trl-opd lab: error: {path}: Expecting property name" in capsys.readouterr().err
