@@ -60,6 +60,7 @@ def build(args) -> dict:
         args.cache,
         max_completion_length=args.completion_length,
         batch_size=8,
+        overwrite=True,  # the bench's own folder: each run rebuilds it
     )
     seconds = time.perf_counter() - start
     return {

@@ -63,14 +63,18 @@ class CompatibilityReport:
         return not self.errors
 
     def raise_or_warn(self, mode: str = "error") -> None:
-        """Raise a ``ValueError`` listing the blocking problems (``mode="error"``), or log them (``"warn"``)."""
+        """Raise a ``ValueError`` listing the blocking problems (``mode="error"``), or log them (``"warn"``); a
+        routed teacher (``facts["teacher id"]``) is named by its id."""
+        teacher_id = self.facts.get("teacher id")
+        who = "The teacher" if teacher_id is None else f"The teacher {teacher_id!r} (teacher_id)"
         for problem in self.problems:
             if problem.level == "warning" or mode == "warn":
-                logger.warning("Teacher/student compatibility: %s", problem)
+                of = "" if teacher_id is None else f" of {teacher_id!r}"
+                logger.warning("Teacher/student compatibility%s: %s", of, problem)
         if self.errors and mode == "error":
             listed = "\n".join(f"  - {p.what} Fix: {p.fix}" for p in self.errors)
             raise ValueError(
-                f"The teacher cannot teach this student:\n{listed}\n(`trl-opd check --student S --teacher T` prints "
+                f"{who} cannot teach this student:\n{listed}\n(`trl-opd check --student S --teacher T` prints "
                 "the full report; compatibility_check='warn' trains anyway.)"
             )
 

@@ -32,30 +32,40 @@ def register(subparsers) -> None:
     parser.add_argument("--max-prompt-length", type=int, help="the run's max_prompt_length")
     parser.add_argument("--temperature", type=float, default=1.0, help="the run's temperature (default 1.0)")
     parser.add_argument("--batch-size", type=int, default=8, help="rows per teacher forward pass (default 8)")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace the cache already in --output (only one this command wrote)"
+    )
     parser.set_defaults(func=run_cache_teacher)
 
 
 def run_cache_teacher(args: argparse.Namespace) -> int:
     if not os.path.isdir(args.teacher):
         raise UsageError(f"--teacher {args.teacher!r} is not a folder; pass the folder holding the teacher's weights.")
+    for flag in ("top_k", "batch_size"):
+        if getattr(args, flag) < 1:
+            raise UsageError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}.")
     from transformers import AutoTokenizer
 
     from ..data import load_dataset_spec
     from ..models import SingleProcessArgs, load_model
-    from ..teachers.cache import build_teacher_cache
+    from ..teachers.cache import build_teacher_cache, prepare_cache_folder
+
+    prepare_cache_folder(args.output, overwrite=args.overwrite, check_only=True)  # before any compute
+    dataset = load_dataset_spec(args.dataset, split=args.split)
 
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.teacher)
     teacher = load_model(args.teacher, None, SingleProcessArgs(), role="teacher")
     cache = build_teacher_cache(
         teacher,
         tokenizer,
-        load_dataset_spec(args.dataset, split=args.split),
+        dataset,
         args.top_k,
         args.output,
         max_completion_length=args.max_completion_length,
         max_prompt_length=args.max_prompt_length,
         temperature=args.temperature,
         batch_size=args.batch_size,
+        overwrite=args.overwrite,
     )
     meta = cache.meta
     print(

@@ -79,9 +79,16 @@ def run_lab_command(args: argparse.Namespace) -> int:
         from trl_opd_lab import load_results, write_report
         from trl_opd_lab.report import merge_results
 
+        loaded = []
+        for path in args.from_results:
+            try:
+                loaded.append(load_results(path))
+            except (FileNotFoundError, ValueError) as error:
+                message = str(error)
+                raise UsageError(message if path in message else f"{path}: {message}") from None
         try:
-            results = merge_results([load_results(path) for path in args.from_results])
-        except (FileNotFoundError, ValueError) as error:
+            results = merge_results(loaded)
+        except ValueError as error:
             raise UsageError(str(error)) from None
         print(f"report: {write_report(results, args.output)}")
         return 0

@@ -19,7 +19,16 @@ def register(subparsers) -> None:
     )
     parser.add_argument("recipe", help="the recipe YAML file (`trl-opd recipes` lists the packaged ones)")
     parser.add_argument("--output_dir", "--output-dir", dest="output_dir", help="override the recipe's output_dir")
-    parser.add_argument("--check", action="store_true", help="validate the recipe and print its stages; train nothing")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="check the recipe, parse every stage and read its inputs as the run will, print the stages; train nothing",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="train again the stages whose keys changed since they were started (their checkpoints are deleted)",
+    )
     parser.set_defaults(func=run_pipeline_command)
 
 
@@ -28,6 +37,12 @@ def run_pipeline_command(args: argparse.Namespace) -> int:
 
     recipe = load_recipe(args.recipe, output_dir=args.output_dir)
     if args.check:
+        import os
+
+        os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+        from ..pipeline.validate import check_recipe_stages
+
+        check_recipe_stages(recipe)  # every stage parsed and its inputs read, as the run will
         print(recipe.describe())
         return 0
     import os
@@ -35,5 +50,5 @@ def run_pipeline_command(args: argparse.Namespace) -> int:
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     from ..pipeline.runner import run_pipeline
 
-    run_pipeline(recipe)
+    run_pipeline(recipe, overwrite=args.overwrite)
     return 0

@@ -47,9 +47,11 @@ def run_train_command(args: argparse.Namespace) -> int:
 
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     from ..pipeline.arguments import parse_run
+    from ..pipeline.folders import claim_run_dir
     from ..pipeline.run import run_training
 
     run = parse_run(command, argv=argv)
+    claim_run_dir(run)  # an owned output_dir, not another run's, before anything is loaded
     result = run_training(run)
     print(f"\n{command}: {result['steps']} steps in {result['seconds']:.0f} s; saved to {result['output_dir']}")
     for key, value in sorted(result["metrics"].items()):

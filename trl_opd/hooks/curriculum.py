@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import warnings
 from collections import deque
 from dataclasses import dataclass
@@ -448,16 +447,9 @@ class PacedCurriculum:
         path = os.fspath(path)
         directory = os.path.dirname(os.path.abspath(path))
         os.makedirs(directory, exist_ok=True)
-        state = self.state_dict(consumed_batches=consumed_batches)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".paced_curriculum.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(state, f)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        from ..atomic import write_text
+
+        write_text(path, json.dumps(self.state_dict(consumed_batches=consumed_batches)))
 
     def load(self, path: str | os.PathLike) -> PacedCurriculum:
         """Read a JSON file written by :meth:`save` into this curriculum (see :meth:`load_state_dict`); ``self``."""

@@ -44,6 +44,13 @@ class PacedSampler(Sampler[int]):
         self.repeat_count = repeat_count
         self.mini_repeat_count = mini_repeat_count
         self.seed = seed
+        self._placeholder_batches = 0
+
+    def skip_batches(self, batches: int) -> None:
+        """Make the next iteration yield ``batches`` placeholder generation batches (index 0, nothing drawn) before its
+        draws: a run resumed inside an epoch has its dataloader skip the batches the straight run trained there, and
+        the curriculum's restored state already continues after them."""
+        self._placeholder_batches = int(batches)
 
     @property
     def num_batches(self) -> int:
@@ -51,8 +58,12 @@ class PacedSampler(Sampler[int]):
         return self.curriculum.num_examples // self.batch_size
 
     def __iter__(self) -> Iterator[int]:
-        for _ in range(self.num_batches):
-            batch = self.curriculum.next_batch(self.batch_size)
+        placeholders, self._placeholder_batches = self._placeholder_batches, 0
+        for number in range(self.num_batches):
+            if number < placeholders:
+                batch = [0] * self.batch_size
+            else:
+                batch = self.curriculum.next_batch(self.batch_size)
             for _ in range(self.repeat_count):
                 for index in batch:
                     for _ in range(self.mini_repeat_count):

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from .commands import COMMANDS, EXTRA_YAML_KEYS, OPDScriptArguments, dataclass_types
 from .keys import command_fields
+from .values import check_values
 
 
 #: Defaults on a machine without CUDA (TRL's configs default to bf16 and gradient checkpointing, the examples' way).
@@ -101,14 +102,42 @@ class RunArguments:
         return out
 
 
+def _unique_key_loader():
+    """PyYAML's safe loader refusing a key given twice in one mapping (PyYAML keeps the last one silently)."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if isinstance(key, (str, int, float, bool)) and key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"the key {key!r} is given twice (the last one would win silently)",
+                        key_node.start_mark,
+                    )  # fmt: skip
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
+
+
 def read_yaml_mapping(path: str, missing: str, not_mapping: str, error: type[Exception] = ValueError) -> dict:
     """The top-level mapping of the YAML file ``path``; ``missing`` / ``not_mapping`` end the errors (the fix)."""
     import yaml
 
     if not os.path.isfile(path):
         raise error(f"{path}: {missing}")
-    with open(path) as handle:
-        loaded = yaml.safe_load(handle) or {}
+    try:
+        with open(path) as handle:
+            loaded = yaml.load(handle, Loader=_unique_key_loader()) or {}  # a SafeLoader subclass
+    except yaml.MarkedYAMLError as problem:
+        mark = problem.problem_mark or problem.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else path
+        what = " ".join(str(part) for part in (problem.context, problem.problem) if part)
+        raise error(f"{where}: not valid YAML: {what}; fix the file at that line and column.") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as problem:
+        raise error(f"{path}: not a readable YAML text ({problem}).") from None
     if not isinstance(loaded, dict):
         raise error(f"{path} must hold a YAML mapping {not_mapping}, got {type(loaded).__name__}.")
     return loaded
@@ -135,6 +164,7 @@ def parse_run(command: str, config: dict | None = None, argv: list[str] | None =
         config.update(loaded)
         where = path
     check_keys(command, config, where)
+    check_values(command, config, where)
     check_flags(command, argv)
     for key in [k for k, v in config.items() if v is False and k.endswith("_strategy")]:
         config[key] = "no"  # YAML 1.1 reads an unquoted `save_strategy: no` as false

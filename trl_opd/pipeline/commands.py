@@ -57,6 +57,10 @@ class OPDScriptArguments:
             GKD's curriculum uses the first one as its success signal.
         eval_num_samples (`int`, *optional*, defaults to `4`):
             Sampled completions per held-out prompt for the sampled task score (pass@1 averaged over samples).
+        overwrite_output_dir (`bool`, *optional*, defaults to `False`):
+            Replace the earlier trl-opd run in `output_dir` (its `checkpoint-N` folders are deleted; nothing else is).
+            Without it, a folder holding an earlier run is refused unless `resume_from_checkpoint` continues it with
+            the same keys, and a folder trl-opd did not create is always refused (docs/cli.md, "Failure behaviour").
     """
 
     dataset_name: str | None = field(
@@ -88,6 +92,9 @@ class OPDScriptArguments:
     )
     eval_num_samples: int = field(
         default=4, metadata={"help": "Sampled completions per held-out prompt for the sampled task score."}
+    )
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Replace the earlier trl-opd run in output_dir (its checkpoints are deleted)."}
     )
 
     def __post_init__(self):

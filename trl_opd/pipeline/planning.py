@@ -124,6 +124,7 @@ def plans_from_config(path: str) -> list[tuple[str, str | None, str | None, obje
     from .arguments import check_keys, read_yaml_mapping
     from .keys import command_fields
     from .recipe import load_recipe
+    from .values import check_values
 
     raw = read_yaml_mapping(
         path, "no such file; pass --config the path of a recipe (`trl-opd recipes` lists them).", "of keys to values"
@@ -135,9 +136,11 @@ def plans_from_config(path: str) -> list[tuple[str, str | None, str | None, obje
             if stage.trainer == "spin":
                 print(f"stage {stage.name}: SPIN is not planned (the planner models distillation runs).")
                 continue
+            check_values(stage.trainer, stage.keys, f"{path}, stage {stage.name!r}")
             out.append((f"stage {stage.name} ({stage.trainer})", *training_plan(stage.trainer, stage.keys)))
         return out
     gkd_keys = set(command_fields("gkd"))
     trainer = "gkd" if set(raw) - {"env"} <= gkd_keys else "minillm"
     check_keys(trainer, raw, path)
+    check_values(trainer, raw, path)
     return [(f"{path} ({trainer})", *training_plan(trainer, raw))]

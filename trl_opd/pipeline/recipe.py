@@ -45,6 +45,10 @@ MODEL_KEY_PATTERN = re.compile(
 #: Keys naming local files or folders that must exist (a Hub id ``org/name`` is let through for the models).
 PATH_KEYS = ("model_name_or_path", "teacher_model_name_or_path", "dataset_name", "teacher_cache")
 BUDGET_TOLERANCE = 1e-6
+#: The longest folder name most file systems accept (bytes).
+MAX_NAME_BYTES = 255
+#: Names the pipeline's own files take in output_dir: no stage folder may shadow them.
+RESERVED_NAMES = ("summary.json", "summary.md", "start.json")
 #: Keys that mean something else in each trainer (docs/index.md, "Five meanings of beta"): stage keys only when the
 #: recipe mixes the trainers that have them.
 AMBIGUOUS_KEYS = {
@@ -80,7 +84,10 @@ class Recipe:
     keep_checkpoints: bool = False
 
     def stage_dir(self, stage: Stage) -> str:
-        return os.path.join(self.output_dir, stage.name)
+        """``output_dir/<name>``; a name leaving ``output_dir`` is refused (:func:`trl_opd.ownership.child_dir`)."""
+        from ..ownership import child_dir
+
+        return child_dir(self.output_dir, stage.name, "stage name")
 
     def describe(self) -> str:
         lines = [f"{self.path}: {len(self.stages)} stages, {self.max_steps} optimizer steps, into {self.output_dir}/"]
@@ -91,7 +98,7 @@ class Recipe:
         return "\n".join(lines)
 
 
-def _looks_like_hub_id(value: str) -> bool:
+def looks_like_hub_id(value: str) -> bool:
     return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", value)) and not value.startswith(".")
 
 
@@ -103,7 +110,7 @@ def check_paths(keys: dict, where: str) -> None:
             continue
         paths = value.split(",") if key == "dataset_name" else [value]
         for path in paths:
-            if os.path.exists(path) or (key != "dataset_name" and _looks_like_hub_id(path)):
+            if os.path.exists(path) or (key != "dataset_name" and looks_like_hub_id(path)):
                 continue
             fix = {"dataset_name": "a save_to_disk folder, a .json/.jsonl/.parquet file, or reasoning_gym:<task>"}
             raise RecipeError(f"{where}: {key} {path!r} does not exist; pass {fix.get(key, 'an existing folder')}.")
@@ -162,6 +169,12 @@ def load_recipe(source: str | os.PathLike | dict, output_dir: str | None = None)
     for key in raw:
         if key == "env":
             raise RecipeError(f"{path}: env is not supported in a recipe; set the variables in the shell.")
+    for where, keys in [(path, raw)] + [
+        (f"{path}, stage {i}", s) for i, s in enumerate(stages_raw, 1) if isinstance(s, dict)
+    ]:
+        if "overwrite_output_dir" in keys:
+            raise RecipeError(f"{where}: overwrite_output_dir is not a recipe key; run `trl-opd pipeline RECIPE "
+                              "--overwrite` to train again the stages whose keys changed.")  # fmt: skip
 
     # The stages: name, trainer, budget, and keys of that trainer.
     names, trainers, budgets = [], [], []
@@ -170,8 +183,15 @@ def load_recipe(source: str | os.PathLike | dict, output_dir: str | None = None)
         if not isinstance(stage, dict):
             raise RecipeError(f"{where}: a stage is a mapping {{name: ..., trainer: ..., budget: ...}}.")
         name = stage.get("name")
-        if not isinstance(name, str) or not re.fullmatch(r"[\w.-]+", name):
-            raise RecipeError(f"{where}: name must be a folder name (letters, digits, _ . -), got {name!r}.")
+        if (
+            not isinstance(name, str)
+            or not re.fullmatch(r"\w[\w.-]*", name)
+            or name in RESERVED_NAMES
+            or len(name.encode()) > MAX_NAME_BYTES
+        ):
+            raise RecipeError(f"{where}: name must be a folder name inside output_dir (letters, digits, _ . -, not "
+                              f"starting with '.' or '-', at most {MAX_NAME_BYTES} bytes, not "
+                              f"{', '.join(RESERVED_NAMES)}), got {name!r}.")  # fmt: skip
         if name in names:
             raise RecipeError(f"{where}: the name {name!r} is used twice; stage names must be unique.")
         where = f"{path}, stage {name!r}"

@@ -209,4 +209,21 @@ def final_training_metrics(trainer) -> dict:
             if isinstance(value, (int, float)) and not key.startswith("eval_") and key not in ("epoch", "step"):
                 out[f"train/{key}"] = value
     keep = ("train/loss", "train/train_loss", "train/grad_norm", "train/lmbda", "train/reward", "train/kl")
-    return {key: value for key, value in out.items() if key in keep}
+    out = {key: value for key, value in out.items() if key in keep}
+    mean = mean_logged_loss(trainer.state.log_history)
+    if mean is not None:  # transformers' train_loss covers only the steps of the last train() call (not a resume's)
+        out["train/train_loss"] = mean
+    return out
+
+
+def mean_logged_loss(log_history: list[dict]) -> float | None:
+    """The training loss averaged over every optimizer step of the run: each logged ``loss`` (the mean over its
+    logging window) weighted by the steps of that window. A resumed run's history holds the steps before the
+    checkpoint too, so this is the whole run's mean; ``None`` when no loss was logged."""
+    total, steps, last = 0.0, 0, 0
+    for record in log_history:
+        if isinstance(record.get("loss"), (int, float)) and isinstance(record.get("step"), int):
+            window = record["step"] - last
+            if window > 0:
+                total, steps, last = total + record["loss"] * window, steps + window, record["step"]
+    return total / steps if steps else None

@@ -19,14 +19,17 @@ An entry: ``{name, trainer, budget, steps, metrics, seconds, seconds_per_step, r
 from __future__ import annotations
 
 import gc
-import hashlib
 import json
 import logging
 import os
 
+from ..atomic import write_json, write_text
+from ..ownership import OwnershipError, read_marker, release
 from .arguments import parse_run
+from .folders import check_stage_dir, claim_pipeline_dir, claim_stage_dir, stage_fingerprint
 from .recipe import Recipe, Stage, load_recipe
 from .run import last_checkpoint, model_init_kwargs, resolve_model_paths, run_training
+from .validate import check_recipe_stages
 
 
 logger = logging.getLogger(__name__)
@@ -36,10 +39,10 @@ STAGE_FILE = "stage.json"
 TABLE_METRICS = ("fkl_on_teacher_samples", "rkl_on_student_samples", "student_eos_rate", "student_distinct_2")
 
 
-def keys_digest(stage: Stage) -> str:
-    """A hash of a stage's trainer and keys: a finished stage is reused only when its recipe did not change."""
-    text = json.dumps({"trainer": stage.trainer, "keys": stage.keys}, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+def keys_digest(stage: Stage, previous: str | None = None) -> str:
+    """The stage's fingerprint (:func:`.folders.stage_fingerprint`: its trainer, its keys and the previous stage's
+    fingerprint): a finished stage is reused, and an interrupted one resumed, only when none of them changed."""
+    return stage_fingerprint(stage.trainer, stage.keys, previous)
 
 
 def resume_point(stage: Stage, stage_dir: str) -> str | None:
@@ -78,11 +81,23 @@ def previous_model(run, previous_dir: str):
 START_FILE = "start.json"
 
 
-def run_stage(recipe: Recipe, stage: Stage, previous_dir: str | None, callbacks=None, measure_before=False) -> dict:
-    """Train one stage (resuming it when interrupted); returns its summary entry (with ``metrics_before`` when
-    ``measure_before``)."""
+def run_stage(
+    recipe: Recipe,
+    stage: Stage,
+    previous_dir: str | None,
+    callbacks=None,
+    measure_before=False,
+    fingerprint: str | None = None,
+    overwrite: bool = False,
+) -> dict:
+    """Train one stage (resuming it when interrupted, only with the keys it was started with); returns its summary
+    entry (with ``metrics_before`` when ``measure_before``). ``fingerprint``: :func:`keys_digest` of the stage after
+    its predecessors; ``overwrite``: a stage folder started with other keys is emptied of its checkpoints and
+    trained again instead of refused."""
     stage_dir = recipe.stage_dir(stage)
+    fingerprint = fingerprint or keys_digest(stage)
     run = parse_run(stage.trainer, stage.keys, where=f"{recipe.path}, stage {stage.name!r}")
+    claim_stage_dir(stage_dir, stage.name, stage.trainer, stage.keys, fingerprint, overwrite)
     model = previous_model(run, previous_dir) if previous_dir else None
     point = resume_point(stage, stage_dir)
     resume = point is not None
@@ -102,7 +117,7 @@ def run_stage(recipe: Recipe, stage: Stage, previous_dir: str | None, callbacks=
         "seconds_per_step": result["seconds_per_step"],
         "resumed_from": result["resumed_from"],
         "output_dir": stage_dir,
-        "keys_digest": keys_digest(stage),
+        "keys_digest": fingerprint,
     }
     if result["metrics_before"] is not None:
         start = {"name": "start", "trainer": "-", "budget": 0.0, "steps": 0, "metrics": result["metrics_before"],
@@ -122,6 +137,8 @@ def remove_checkpoints(stage_dir: str) -> None:
     import glob
     import shutil
 
+    if read_marker(stage_dir) is None:
+        raise OwnershipError(f"refusing to delete checkpoints from {stage_dir}: trl-opd does not own it (no marker).")
     folders = glob.glob(os.path.join(stage_dir, "checkpoint-*")) + glob.glob(
         os.path.join(stage_dir, "round-*", "checkpoint-*")
     )
@@ -139,25 +156,30 @@ def _empty_cuda_cache():
         torch.cuda.empty_cache()
 
 
-def _write_json(path: str, value) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as handle:
-        json.dump(value, handle, indent=2, default=str)
-    os.replace(tmp, path)  # a kill mid-write leaves the old file or none, never half a file
+_write_json = write_json  # atomic: a kill mid-write leaves the old file or none, never half a file
 
 
-def finished_entry(recipe: Recipe, stage: Stage) -> dict | None:
-    """The entry of a finished stage (``None`` when it has not finished); a stage finished with other keys is
-    refused (its folder would not be what the recipe says)."""
+def finished_entry(
+    recipe: Recipe, stage: Stage, fingerprint: str | None = None, overwrite: bool = False
+) -> dict | None:
+    """The entry of a finished stage (``None`` when it has not finished); a stage finished with other keys (or after
+    another predecessor) is refused, or with ``overwrite`` trained again (``None``)."""
     path = os.path.join(recipe.stage_dir(stage), STAGE_FILE)
     if not os.path.isfile(path):
         return None
-    with open(path) as handle:
-        entry = json.load(handle)
-    if entry.get("keys_digest") != keys_digest(stage):
+    try:
+        with open(path) as handle:
+            entry = json.load(handle)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} is unreadable ({error}); restore it, or rerun with --overwrite to train stage "
+                         f"{stage.name!r} again.") from None  # fmt: skip
+    if not isinstance(entry, dict) or entry.get("keys_digest") != (fingerprint or keys_digest(stage)):
+        if overwrite:
+            return None
         raise ValueError(
-            f"stage {stage.name!r} in {recipe.stage_dir(stage)} was finished with other keys than the recipe's; "
-            "restore the recipe, or delete that folder (and the later stages') to retrain it."
+            f"stage {stage.name!r} in {recipe.stage_dir(stage)} was finished with other keys than the recipe's (or "
+            "after another earlier stage); restore the recipe, or rerun with --overwrite to train it and the later "
+            "stages again."
         )
     return entry
 
@@ -192,37 +214,52 @@ def write_summary(recipe: Recipe, entries: list[dict]) -> None:
         summary_table(entries),
         "",
     ]
-    with open(os.path.join(recipe.output_dir, "summary.md"), "w") as handle:
-        handle.write("\n".join(text))
+    write_text(os.path.join(recipe.output_dir, "summary.md"), "\n".join(text))
 
 
 def run_pipeline(
-    recipe: str | os.PathLike | dict | Recipe, output_dir: str | None = None, callbacks=None
+    recipe: str | os.PathLike | dict | Recipe, output_dir: str | None = None, callbacks=None, overwrite: bool = False
 ) -> list[dict]:
     """Run (or resume) a pipeline recipe; returns the summary entries, one per stage (see the module docstring).
 
     ``recipe``: a YAML path, a dict of the same keys, or a loaded :class:`Recipe`; ``output_dir`` overrides the
-    recipe's; ``callbacks``: ``transformers.TrainerCallback`` objects given to every stage's trainer.
+    recipe's; ``callbacks``: ``transformers.TrainerCallback`` objects given to every stage's trainer; ``overwrite``:
+    train again the stages whose keys (or earlier stages) changed since they were started or finished, instead of
+    refusing them (:mod:`.folders`).
     """
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe, output_dir=output_dir)
-    os.makedirs(recipe.output_dir, exist_ok=True)
+    check_recipe_stages(recipe)  # no stage fails on its keys or inputs after an earlier one has trained
+    claim_pipeline_dir(recipe.output_dir)
+    for stage in recipe.stages:  # every stage folder may be written, before the first stage trains
+        check_stage_dir(recipe.stage_dir(stage), stage.name)
+    try:
+        return _run_stages(recipe, callbacks, overwrite)
+    finally:
+        for folder in [recipe.output_dir, *(recipe.stage_dir(stage) for stage in recipe.stages)]:
+            release(folder)  # another process may continue the pipeline once this call returns
+
+
+def _run_stages(recipe: Recipe, callbacks, overwrite: bool) -> list[dict]:
     entries: list[dict] = []
     start_path = os.path.join(recipe.output_dir, START_FILE)
-    previous_dir = None
+    previous_dir, previous = None, None
     for i, stage in enumerate(recipe.stages, 1):
+        fingerprint = keys_digest(stage, previous)
+        entry = finished_entry(recipe, stage, fingerprint, overwrite)
+        if i == 1 and entry is None and overwrite and os.path.isfile(start_path):
+            os.remove(start_path)  # the pipeline's own file: the start is measured again with the stage
         measure_before = i == 1 and recipe.measure_start and not os.path.isfile(start_path)
-        entry = finished_entry(recipe, stage)
         if entry is not None:
             print(f"[pipeline] stage {i}/{len(recipe.stages)} {stage.name}: finished earlier, skipped")
         else:
             print(f"[pipeline] stage {i}/{len(recipe.stages)} {stage.name}: {stage.trainer}, {stage.steps} steps")
-            entry = run_stage(recipe, stage, previous_dir, callbacks, measure_before)
+            entry = run_stage(recipe, stage, previous_dir, callbacks, measure_before, fingerprint, overwrite)
         if i == 1 and recipe.measure_start and os.path.isfile(start_path):
             with open(start_path) as handle:
                 entries.append(json.load(handle))
         entries.append(entry)
-        previous_dir = recipe.stage_dir(stage)
+        previous_dir, previous = recipe.stage_dir(stage), fingerprint
         write_summary(recipe, entries)
         print("\n" + summary_table(entries) + "\n", flush=True)
     return entries

@@ -39,6 +39,11 @@ def check_teacher_ids(values, ids) -> None:
         )
 
 
+class NamedTeachers(dict):
+    """Teachers given as a mapping ``{id: model}``: each row's ``teacher_id`` must name one of them, also when there is
+    only one (a row meant for a teacher that was not given is refused, never sent to the one that was)."""
+
+
 @dataclass
 class TeacherSide:
     """The teacher of some of a micro-batch's loss tokens.
@@ -68,10 +73,11 @@ class TeacherSet:
     Args:
         teachers: ``{id: Teacher}``; one teacher is the common case (its id is ``"teacher"``).
         cache: a :class:`~trl_opd.teachers.cache.TeacherCache` serving off-policy rows, or ``None``.
+        named: the teachers were given as a mapping: a row's ``teacher_id`` must name one of them (also one alone).
     """
 
-    def __init__(self, teachers: Mapping[str, Teacher], cache: TeacherCache | None = None):
-        self.teachers, self.cache = dict(teachers), cache
+    def __init__(self, teachers: Mapping[str, Teacher], cache: TeacherCache | None = None, named: bool = False):
+        self.teachers, self.cache, self.named = dict(teachers), cache, named or len(teachers) > 1
         if not self.teachers and cache is None:
             raise ValueError("A distillation trainer needs a teacher: a model, a mapping of models, or a cache.")
 
@@ -87,6 +93,8 @@ class TeacherSet:
     def index_of(self, row: dict) -> int:
         """The index (in :attr:`ids`) of the teacher that scores ``row``; an unknown id is refused, naming it."""
         if not self.routed:
+            if self.named and TEACHER_ID_COLUMN in row:
+                check_teacher_ids([row[TEACHER_ID_COLUMN]], self.ids)
             return 0
         if TEACHER_ID_COLUMN not in row:
             raise ValueError(

@@ -8,7 +8,6 @@ happen. Everything each hook does is logged under its own prefix.
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 from typing import Callable
@@ -73,9 +72,10 @@ class HookedTrainerMixin:
             * self.accelerator.num_processes
             * self.args.gradient_accumulation_steps
         )
-        return self.curriculum.sampler(
+        self._train_sampler = self.curriculum.sampler(
             batch_size=generation_batch_size, repeat_count=self.args.gradient_accumulation_steps, seed=self.args.seed
         )
+        return self._train_sampler
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
@@ -168,20 +168,6 @@ class HookedTrainerMixin:
                 f"{resume_from_checkpoint} has no {CURRICULUM_STATE_NAME}: it was saved without a curriculum."
             )
         self.curriculum.load(path)
-
-    def train(self, resume_from_checkpoint=None, *args, **kwargs):
-        """``Trainer.train``; resuming with a curriculum, the dataloader is not fast-forwarded: the restored sampler
-        already continues where the run stopped (skipping batches would redraw them). That setting lives on a copy of
-        the arguments for the duration of the call, so the user's ``args`` are left as they were."""
-        if self.curriculum is None or not resume_from_checkpoint or self.args.ignore_data_skip:
-            return super().train(resume_from_checkpoint, *args, **kwargs)
-        user_args = self.args
-        self.args = copy.copy(user_args)
-        self.args.ignore_data_skip = True
-        try:
-            return super().train(resume_from_checkpoint, *args, **kwargs)
-        finally:
-            self.args = user_args
 
     # ------------------------------------------------------------------------------------------------------------ TIP
 

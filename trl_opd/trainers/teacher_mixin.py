@@ -20,7 +20,7 @@ from ..evaluation import guards
 from ..models import disable_bnb_cpu_weight_repacking, load_teacher
 from ..teachers import Teacher
 from ..teachers.cache import TeacherCache
-from ..teachers.routing import CACHE_ROW_COLUMN, TEACHER_ID_COLUMN, TeacherSet, check_teacher_ids
+from ..teachers.routing import CACHE_ROW_COLUMN, TEACHER_ID_COLUMN, NamedTeachers, TeacherSet, check_teacher_ids
 
 
 #: The id of the teacher when a single one is given.
@@ -43,6 +43,8 @@ class TeacherMixin:
             return {}
         items = teacher_model.items() if isinstance(teacher_model, Mapping) else [(SINGLE_TEACHER, teacher_model)]
         loaded = {str(k): load_teacher(v, args.teacher_model_init_kwargs, args) for k, v in items}
+        if isinstance(teacher_model, Mapping):
+            loaded = NamedTeachers(loaded)
         if not loaded:
             raise ValueError("teacher_model is an empty mapping; give at least one {id: model or path}.")
         return loaded
@@ -56,7 +58,7 @@ class TeacherMixin:
         teachers, reports = {}, {}
         for label, model in loaded.items():
             report = check_compatibility(student, model, self._text_tokenizer, teacher_tokenizer)
-            if len(loaded) > 1:
+            if isinstance(loaded, NamedTeachers):
                 report.facts["teacher id"] = label
             report.raise_or_warn(mode)
             reports[label] = report
@@ -68,6 +70,9 @@ class TeacherMixin:
                 run_backbone=run_backbone,
             )
         cache = self._open_teacher_cache()
+        if cache is not None:
+            for label, model in loaded.items():
+                cache.check_teacher(model, f"teacher {label!r}" if len(loaded) > 1 else "teacher")
         self.teacher_top_k = self._run_top_k(cache)
         vocab_sizes = [t.vocab_size for t in teachers.values()]
         suppressed = sorted({i for r in reports.values() for i in r.suppressed_ids})
@@ -83,7 +88,7 @@ class TeacherMixin:
         self.compatibility = next(iter(reports.values()), None)
         self.compatibility_reports = reports
         self._suppress_in_generation(suppressed)
-        self.teachers = TeacherSet(teachers, cache)
+        self.teachers = TeacherSet(teachers, cache, named=isinstance(loaded, NamedTeachers))
         self.teacher = next(iter(teachers.values()), None)
         self.teacher_model = None if self.teacher is None else self.teacher.model
         self.vocab_size = min(vocab_sizes)
@@ -123,8 +128,10 @@ class TeacherMixin:
                 raise ValueError("A teacher cache serves rows by index: it needs a map-style datasets.Dataset.")
             if CACHE_ROW_COLUMN not in train_dataset.column_names:
                 train_dataset = train_dataset.map(lambda _, i: {CACHE_ROW_COLUMN: i}, with_indices=True)
-        if isinstance(teacher_model, Mapping) and len(teacher_model) > 1 and train_dataset is not None:
+        if isinstance(teacher_model, Mapping) and train_dataset is not None:
             columns = train_dataset.column_names
+            if len(teacher_model) == 1 and (columns is None or TEACHER_ID_COLUMN not in columns):
+                return train_dataset  # one named teacher and no routing column: every row goes to it
             if columns is not None and TEACHER_ID_COLUMN not in columns:
                 raise ValueError(
                     f"Several teachers were given ({', '.join(map(str, teacher_model))}): train_dataset needs a "

@@ -69,10 +69,10 @@ def format_round_table(history: list[dict]) -> str:
 
 def write_json_atomically(path: Path, payload) -> None:
     """``path`` holds either its previous content or all of ``payload``, never a part of it."""
+    from ...atomic import write_json
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_json(path, payload)
 
 
 class RoundFiles:
