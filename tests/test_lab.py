@@ -71,7 +71,7 @@ def test_lab_smoke_end_to_end(tmp_path):
         "## 2. Mode covering",
         "## 5. TIP",
         "| random 50 % |",
-        "| λ | seed's prediction",
+        "| λ | tutorial's prediction",
         "**Verdict:**",
         "](modes.png)",
         "## 6. λ schedules",

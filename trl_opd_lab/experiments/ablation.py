@@ -114,7 +114,7 @@ def section(res, out, results=None):
         "",
         (
             f"Main effects on token error (range of the marginal means over the other factor): λ {lam_effect:.3f}, "
-            f"divergence {div_effect:.3f}. Seed's prediction: the sampling distribution (λ) matters more than the "
+            f"divergence {div_effect:.3f}. Tutorial's prediction: the sampling distribution (λ) matters more than the "
             "divergence. At this budget the λ = 0 cells have barely trained (the same steps teach an on-policy "
             "student more), which the λ effect includes."
         ),

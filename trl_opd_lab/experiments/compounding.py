@@ -172,7 +172,7 @@ def section(res, out, results=None):
             "than the spread between student seeds; the table of what follows a slip is the robust measurement."
         ),
         "",
-        "| λ | seed's prediction | exponent of total errors | per run | exponent of sequence error |",
+        "| λ | tutorial's prediction | exponent of total errors | per run | exponent of sequence error |",
         "|---|---|---|---|---|",
     ]
     for lmbda, pred in ((0.0, "2 (O(εT²))"), (0.5, "1 (O(εT))"), (1.0, "1 (O(εT))")):

@@ -176,7 +176,7 @@ def section(res, out, results=None):
         ),
     ]
     text = verdict(tok_means, [r["rounds"][-1]["token_error"] for r in runs], [c["token_error"] for c in controls])
-    lines += ["", "Seed's prediction: fast improvement, then flat (saturation).", "", *verdict_lines(text, "spin")]
+    lines += ["", "Tutorial's prediction: fast improvement, then flat (saturation).", "", *verdict_lines(text, "spin")]
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for r in runs:

@@ -162,7 +162,7 @@ def start_runs(runs, start) -> list[dict]:
 
 def _table(runs) -> tuple[list[str], dict, dict]:
     lines = [
-        "| trained tokens | seed's prediction | JSD on own samples | sequence error | token error | train seconds |",
+        "| trained tokens | tutorial's prediction | JSD on own samples | sequence error | token error | train seconds |",
         "|---|---|---|---|---|---|",
     ]
     div, tok = {}, {}
@@ -222,7 +222,7 @@ def section(res, out, results=None):
     lines += [
         "",
         (
-            "Seed's prediction: the informative tokens carry the signal: keeping a fraction of them loses little "
+            "Tutorial's prediction: the informative tokens carry the signal: keeping a fraction of them loses little "
             "(so TIP's selection should stay close to all tokens, and beat a random selection of the same size)."
         ),
         "",
