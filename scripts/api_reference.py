@@ -25,8 +25,8 @@ CONFIGS = (
     ("trl_opd", "GKDConfig"),
     ("trl_opd", "MiniLLMConfig"),
     ("trl_opd", "SPINConfig"),
-    ("trl_opd.pipeline.arguments", "OPDScriptArguments"),
-    ("trl_opd.pipeline.arguments", "TeacherPathArguments"),
+    ("trl_opd.pipeline.commands", "OPDScriptArguments"),
+    ("trl_opd.pipeline.commands", "TeacherPathArguments"),
 )
 ENTRY = re.compile(r"^(?P<names>\w+(?:, \w+)*) \((?P<type>.*)\):$")
 
