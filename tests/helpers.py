@@ -1,6 +1,6 @@
-"""Shared test helpers: a GKDConfig for CPU runs and a GKDTrainer on tiny models."""
+"""Shared test helpers: a CPU DistillationConfig with λ = β = 0.5 and a GKDTrainer on tiny models."""
 
-from trl_opd import GKDConfig, GKDTrainer
+from trl_opd import DistillationConfig, GKDTrainer
 from trl_opd.tiny import tiny_llama
 
 
@@ -25,10 +25,12 @@ def make_config(tmp_path, **overrides):
         max_steps=2,
         max_completion_length=6,
         learning_rate=1e-3,
+        lmbda=0.5,
+        beta=0.5,
         **CPU_TRAINING_ARGS,
     )
     values.update(overrides)
-    return GKDConfig(**values)
+    return DistillationConfig(**values)
 
 
 HOOK_ARGUMENTS = ("token_importance", "prefix_filter", "curriculum", "success_func")
