@@ -8,9 +8,8 @@ from datasets import Dataset
 from helpers import make_config, make_trainer
 
 from trl_opd import GKDTrainer, per_token_divergence
-from trl_opd.tiny import addition_dataset, char_tokenizer, tiny_llama, train_causal_lm
-from trl_opd.trainers.gkd import on_policy_mask
-from trl_opd.trainers.mixing import MixedBatch
+from trl_opd.tiny import addition_dataset, tiny_llama, train_causal_lm
+from trl_opd.trainers.mixing import MixedBatch, on_policy_mask
 
 
 class CountingGenerate:
@@ -213,13 +212,6 @@ def test_empty_completions_are_dropped_and_counted(tmp_path, tok, caplog):
     assert "dropped 3 of 9 rows whose completion is empty" in caplog.text
     with pytest.raises(ValueError, match="Every row of train_dataset has an empty completion"):
         make_trainer(tmp_path, tok, Dataset.from_list([{"prompt": "1=", "completion": ""}]), lmbda=0.5)
-
-
-def test_right_padding_is_refused_with_the_fix(tmp_path, dataset):
-    tok = char_tokenizer()
-    tok.padding_side = "right"
-    with pytest.raises(ValueError, match="padding_side = 'left'"):
-        make_trainer(tmp_path, tok, dataset)
 
 
 def test_vocabulary_mismatch_is_refused(tmp_path, tok, dataset):

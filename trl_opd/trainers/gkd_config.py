@@ -38,6 +38,8 @@ class GKDConfig(SFTArguments, DistillationConfig):
             Maximum number of tokens generated per completion; the same setting as `max_completion_length` (give
             either; they are kept equal, and giving both with different values is refused). Off-policy completions
             are cut to it as well.
+        learning_rate (`float`, *optional*, defaults to `2e-5`):
+            As TRL's experimental `GKDConfig` (from `SFTConfig`); [`DistillationConfig`] defaults to `1e-6` as TRL's.
         disable_dropout (`bool`, *optional*, defaults to `True`):
             Disable dropout in the student.
         eval_lmbda (`float`, *optional*, defaults to `0.0`):
@@ -49,6 +51,7 @@ class GKDConfig(SFTArguments, DistillationConfig):
         `max_length`, and the dataset-preparation fields: see [`trl_opd.trainers.trl_compat.SFTArguments`].
     """
 
+    learning_rate: float = field(default=2e-5, metadata={"help": "The initial learning rate for AdamW."})
     lmbda: float = field(default=0.5, metadata={"help": "Probability that a row is on-policy (constant schedule)."})
     beta: float = field(default=0.5, metadata={"help": "Generalized JSD interpolation: 0 = FKL, 1 = RKL, 0.5 = JSD."})
     temperature: float = field(default=0.9, metadata={"help": "Sampling temperature of on-policy rows."})

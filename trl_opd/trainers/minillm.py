@@ -15,7 +15,7 @@ from trl import GRPOTrainer
 
 from ..data import prepare_prompt_completion_dataset
 from ..divergences import LMHead, chunked_per_token_divergence, chunked_token_log_probs
-from ..models import check_left_padding, check_processing_class
+from ..models import check_processing_class
 from ..policy_gradient import minillm_advantages, token_rewards
 from ..scoring import last_hidden_states, left_padded
 from .arguments import resolve_args
@@ -119,7 +119,6 @@ class MiniLLMTrainer(
         if teacher_model is None:
             raise ValueError("MiniLLMTrainer needs a teacher_model (a path or a PreTrainedModel).")
         check_processing_class(model, processing_class)
-        check_left_padding(processing_class)
         if reward_funcs is None:
             reward_funcs = []
         elif not isinstance(reward_funcs, list):
