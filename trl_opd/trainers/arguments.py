@@ -9,5 +9,6 @@ def resolve_args(args, config_class, default_output_dir: str, default_class=None
     if args is None:
         return (default_class or config_class)(default_output_dir)
     if not isinstance(args, config_class):
-        raise TypeError(f"args must be a trl_opd.{config_class.__name__}, got {type(args).__name__}.")
+        got = f"{type(args).__module__}.{type(args).__qualname__}"
+        raise TypeError(f"args must be a trl_opd.{config_class.__name__} (or a subclass), got {got}.")
     return args
