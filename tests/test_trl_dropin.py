@@ -244,3 +244,39 @@ def test_generate_on_policy_outputs_masks_the_prompt_and_after_the_first_stop_to
     assert torch.equal(ids, generated)
     assert mask.tolist() == [[0, 1, 1, 1, 1, 0]]
     assert labels.tolist() == [[-100, -100, -100, 7, 9, -100]]
+
+
+def test_tools_need_every_row_on_policy(tmp_path, tok, dataset):
+    student, teacher = _pair(tok)
+    with pytest.raises(ValueError, match="tools= runs TRL's tool-calling loop .* set lmbda=1.0"):
+        DistillationTrainer(
+            model=student,
+            teacher_model=teacher,
+            args=_args(DistillationConfig, tmp_path, lmbda=0.5),
+            train_dataset=dataset,
+            processing_class=tok,
+            tools=[len],
+        )
+
+
+def test_a_tool_call_turn_after_the_first_is_sampled_plainly(tmp_path, tok, dataset):
+    # TRL's tool loop calls `_generate_single_turn` again for the rows that made a tool call (fewer rows): the mixed
+    # batch fills its rows on the first call only, later turns are the student's own continuations.
+    from trl_opd.trainers.mixing import MixedBatch
+
+    student, teacher = _pair(tok)
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=_args(DistillationConfig, tmp_path),
+        train_dataset=dataset,
+        processing_class=tok,
+    )
+    trainer.model.train()
+    rows = [{"prompt": "1+1="}, {"prompt": "2+2="}, {"prompt": "3+3="}]
+    prompt_ids = trainer.prompt_token_ids([r["prompt"] for r in rows])
+    trainer._mixed = MixedBatch(rows, [True, True, True])
+    first = trainer._generate_single_turn(prompt_ids, None, {})
+    second = trainer._generate_single_turn(prompt_ids[:2], None, {})
+    assert len(first) == 3 and len(second) == 2
+    assert trainer._mixed is None

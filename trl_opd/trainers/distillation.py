@@ -98,6 +98,8 @@ class DistillationTrainer(
             `seq_kd=True`. Rows with an empty completion are dropped with a logged count.
         eval_dataset: same layout; evaluation uses `eval_lmbda` (default 1.0: the student's own samples).
         processing_class: the tokenizer; prompts are left-padded for generation whatever its `padding_side`.
+        tools: functions the student may call, as in `trl.DistillationTrainer` (TRL's tool-calling loop); every row
+            must then be on-policy (`lmbda=1.0`, constant).
         callbacks, optimizers: as in `transformers.Trainer`.
         quantization_config: a `BitsAndBytesConfig` used when `model` is a path; with `peft_config` this is QLoRA.
         peft_config: a `peft.LoraConfig` (or other weight adapter) to train adapters only.
@@ -142,6 +144,7 @@ class DistillationTrainer(
         optimizers: tuple = (None, None),
         quantization_config=None,
         peft_config=None,
+        tools=None,
         token_importance=None,
         prefix_filter=None,
         curriculum=None,
@@ -158,6 +161,7 @@ class DistillationTrainer(
                 "from teacher_cache=."
             )
         self._check_teacher_setup(teacher_model, args, eval_dataset)
+        self._check_tools(tools, args, eval_dataset)
         check_processing_class(model, processing_class)
         needs_completion = args.needs_dataset_completions
         train_dataset = prepare_prompt_completion_dataset(train_dataset, "train_dataset", needs_completion, _HINT)
@@ -181,6 +185,7 @@ class DistillationTrainer(
             optimizers=optimizers,
             quantization_config=quantization_config,
             peft_config=peft_config,
+            tools=tools,
         )
         if self._is_vlm:
             raise ValueError(
@@ -192,6 +197,21 @@ class DistillationTrainer(
         self.divergence = args.divergence
         self.seq_kd = args.seq_kd
         self._mixed: MixedBatch | None = None  # the generation batch being built
+
+    @staticmethod
+    def _check_tools(tools, args, eval_dataset) -> None:
+        """Tool calling (TRL's loop: parse each completion, run its calls, let the student continue) applies to the
+        student's own rollouts only: every row must be on-policy, in training and in evaluation."""
+        if not tools:
+            return
+        schedule = args.lambda_schedule()
+        always_on_policy = schedule.kind == "constant" and schedule.lmbda == 1.0 and not args.seq_kd
+        if not always_on_policy or (eval_dataset is not None and args.eval_lmbda < 1.0):
+            raise ValueError(
+                "tools= runs TRL's tool-calling loop on the student's own rollouts, so every row must be on-policy: "
+                "set lmbda=1.0 with lmbda_schedule='constant', seq_kd=False (and eval_lmbda=1.0 with an eval_dataset), "
+                "or drop tools."
+            )
 
     @staticmethod
     def _prepare_eval_datasets(eval_dataset, args) -> list[tuple[Any, Any]]:
@@ -358,8 +378,9 @@ class DistillationTrainer(
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, has_tool_images=False):
         # The parent tokenized the prompts of `self._mixed`; fill in each row's completion by its source.
         batch = self._mixed
-        if batch is None:  # called outside `_generate_and_score_completions`: plain on-policy
+        if batch is None:  # outside `_generate_and_score_completions`, or a tool-call turn after the first: on-policy
             return super()._generate_single_turn(prompt_ids, images, multimodal_fields, has_tool_images)
+        self._mixed = None  # this batch's rows are filled once; TRL's tool loop samples its later turns plainly
         completions: list[list[int] | None] = [None] * len(batch.rows)
         sampled = batch.sampled
         if sampled:
