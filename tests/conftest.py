@@ -1,9 +1,21 @@
-"""Shared fixtures: the tiny tasks' tokenizer and dataset; single-threaded torch, offline Hub, silent TRL."""
+"""Shared fixtures: the tiny tasks' tokenizer and dataset; one float path, single-threaded torch, offline Hub, silent
+TRL.
+
+The float path is pinned before torch loads (:mod:`trl_opd.float_path`: AVX2 kernels, MKL_CBWR=AVX2, oneDNN AVX2, one
+thread), so a test that asserts numbers from a training run asserts the same numbers on every x86-64 CPU with AVX2.
+Variables already set are kept: export ``ATEN_CPU_CAPABILITY=default`` (say) to run the suite on another path on
+purpose. ``tests/test_float_path.py`` checks that the pin took effect.
+"""
 
 import os
+import sys
 
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+TORCH_LOADED_BEFORE_PIN = "torch" in sys.modules  # read by tests/test_float_path.py
+if not TORCH_LOADED_BEFORE_PIN:
+    from trl_opd.float_path import pin_float_path
+
+    pin_float_path()
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

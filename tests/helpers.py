@@ -1,6 +1,7 @@
-"""Shared test helpers: a CPU DistillationConfig with λ = β = 0.5 and a GKDTrainer on tiny models."""
+"""Shared test helpers: a CPU DistillationConfig with λ = β = 0.5 (trl-opd 0.1's GKDConfig) and a MiniLLM config, and
+their trainers on tiny models."""
 
-from trl_opd import DistillationConfig, GKDTrainer
+from trl_opd import DistillationConfig, GKDTrainer, MiniLLMConfig, MiniLLMTrainer
 from trl_opd.tiny import tiny_llama
 
 
@@ -45,6 +46,38 @@ def make_trainer(tmp_path, tok, dataset, student=None, teacher=None, **overrides
         model=student,
         teacher_model=teacher,
         args=make_config(tmp_path, **overrides),
+        train_dataset=dataset,
+        processing_class=tok,
+        **hooks,
+    )
+
+
+def make_minillm_config(tmp_path, **overrides):
+    """A MiniLLMConfig for CPU runs: 8 prompts x 4 generations per step, 2 steps, 6 completion tokens."""
+    values = dict(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=8,
+        num_generations=4,
+        max_steps=2,
+        max_completion_length=6,
+        learning_rate=3e-3,
+        disable_tqdm=True,
+        **CPU_TRAINING_ARGS,
+    )
+    values.update(overrides)
+    return MiniLLMConfig(**values)
+
+
+def make_minillm_trainer(tmp_path, tok, dataset, student=None, teacher=None, reward_funcs=None, **overrides):
+    """A MiniLLMTrainer on tiny models; keyword arguments are MiniLLMConfig fields or the trainer's hook arguments."""
+    student = student if student is not None else tiny_llama(len(tok), tokenizer=tok, seed=1)
+    teacher = teacher if teacher is not None else tiny_llama(len(tok), tokenizer=tok, seed=2)
+    hooks = {key: overrides.pop(key) for key in ("token_importance", "prefix_filter") if key in overrides}
+    return MiniLLMTrainer(
+        model=student,
+        teacher_model=teacher,
+        reward_funcs=reward_funcs,
+        args=make_minillm_config(tmp_path, **overrides),
         train_dataset=dataset,
         processing_class=tok,
         **hooks,

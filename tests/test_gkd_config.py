@@ -42,7 +42,8 @@ def test_config_rejects_invalid_values(make_gkd_config, kwargs, allowed):
         ({"lmbda": 0.0}, True),
         ({"lmbda": 0.999}, True),
         ({"lmbda_schedule": "linear"}, True),  # λ < 1 early in training
-        ({"lmbda_schedule": "linear", "lmbda_start": 1.0, "lmbda_end": 1.0}, True),  # only constant counts as λ ≡ 1
+        ({"lmbda_schedule": "linear", "lmbda_start": 1.0, "lmbda_end": 1.0}, False),  # λ ≡ 1 as a schedule too
+        ({"lmbda_schedule": "linear", "lmbda_start": 0.9, "lmbda_end": 1.0}, True),
         ({"lmbda_schedule": "three_phase"}, True),
         ({"lmbda_schedule": "three_phase", "seq_kd": True}, False),
     ],

@@ -5,12 +5,11 @@ import os
 
 import pytest
 import torch
-from helpers import CPU_TRAINING_ARGS, make_trainer
+from helpers import make_minillm_trainer, make_trainer
 from peft import LoraConfig
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from trl_opd import MiniLLMConfig, MiniLLMTrainer
 from trl_opd.tiny import tiny_llama
 from trl_opd.trainers.guard import NonFiniteError
 
@@ -144,30 +143,8 @@ def test_gkd_nan_teacher_logits_name_the_divergence(tmp_path, tok, dataset):
 # ------------------------------------------------------------------------------------------------------ MiniLLM
 
 
-def minillm_config(tmp_path, **overrides):
-    values = dict(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=8,
-        num_generations=4,
-        max_steps=3,
-        max_completion_length=6,
-        learning_rate=3e-3,
-        disable_tqdm=True,
-        **CPU_TRAINING_ARGS,
-    )
-    values.update(overrides)
-    return MiniLLMConfig(**values)
-
-
 def minillm(tmp_path, tok, dataset, reward_funcs=None, **overrides):
-    return MiniLLMTrainer(
-        model=tiny_llama(len(tok), tokenizer=tok, seed=1),
-        teacher_model=tiny_llama(len(tok), tokenizer=tok, seed=2),
-        reward_funcs=reward_funcs,
-        args=minillm_config(tmp_path, **overrides),
-        train_dataset=dataset,
-        processing_class=tok,
-    )
+    return make_minillm_trainer(tmp_path, tok, dataset, reward_funcs=reward_funcs, **{"max_steps": 3, **overrides})
 
 
 def test_minillm_nan_gradient_stops_before_the_update(tmp_path, tok, dataset):

@@ -7,10 +7,10 @@ import math
 import pytest
 
 from trl_opd.cli import main
-from trl_opd.lab import SIZES, Lab, advice, count_runs, load_results, write_report
-from trl_opd.lab.experiments import ablation, compounding, modes, schedules, spin, tip
-from trl_opd.lab.stats import bootstrap_ci, clearly_above, clearly_above_paired, fmt, slope
-from trl_opd.lab.tasks import ChainTask
+from trl_opd_lab import SIZES, Lab, advice, count_runs, load_results, write_report
+from trl_opd_lab.experiments import ablation, compounding, modes, schedules, spin, tip
+from trl_opd_lab.stats import bootstrap_ci, clearly_above, clearly_above_paired, fmt, slope
+from trl_opd_lab.tasks import ChainTask
 
 
 def test_chain_task_metrics_by_hand():

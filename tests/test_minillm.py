@@ -2,8 +2,9 @@
 
 import pytest
 import torch
+from helpers import make_minillm_config as config
 
-from trl_opd import MiniLLMConfig, MiniLLMTrainer
+from trl_opd import MiniLLMTrainer
 from trl_opd.evaluation import mean_divergence, mean_token_log_prob, sample
 from trl_opd.hooks import FlawedPrefixFilter, TokenImportance
 from trl_opd.policy_gradient import minillm_advantages
@@ -25,27 +26,6 @@ def teacher(tok, dataset):
     return model
 
 
-def config(tmp_path, **overrides):
-    values = dict(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=8,
-        num_generations=4,
-        max_steps=2,
-        max_completion_length=6,
-        learning_rate=3e-3,
-        bf16=False,
-        use_cpu=True,
-        report_to=[],
-        logging_steps=1,
-        save_strategy="no",
-        gradient_checkpointing=False,
-        seed=0,
-        disable_tqdm=True,
-    )
-    values.update(overrides)
-    return MiniLLMConfig(**values)
-
-
 def accuracy(prompts, completions, answer, **kwargs):
     return [1.0 if c.strip() == a else 0.0 for c, a in zip(completions, answer, strict=True)]
 
@@ -65,6 +45,14 @@ def reverse_kl_on_own_samples(trainer, tok, dataset):
         trainer.model, prompts, tok.pad_token_id, [tok.eos_token_id], max_new_tokens=6, do_sample=True, top_k=0
     )
     return mean_divergence(trainer.model, trainer.teacher_model, prompts, completions, "rkl")
+
+
+def test_the_config_is_left_as_given(tmp_path, tok, dataset, teacher):
+    args = config(tmp_path)
+    given = vars(args).copy()
+    MiniLLMTrainer(model=tiny_llama(len(tok), tokenizer=tok, seed=1), teacher_model=teacher, args=args,
+                   train_dataset=dataset, processing_class=tok)  # fmt: skip
+    assert vars(args) == given
 
 
 def test_training_lowers_the_reverse_kl_on_the_students_own_samples(tmp_path, tok, dataset, teacher):

@@ -44,3 +44,17 @@ def test_plan_reads_the_recipe_and_flags_override_it(capsys):
     assert planned.count(total) == 4
     assert main(["plan", "--config", str(RECIPES_DIR / f"{name}.yaml"), "--teacher-quant", "nf4"]) == 0
     assert total not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("lmbda_keys", "source"),
+    [
+        ({"lmbda": 0.0}, "cache"),
+        ({"lmbda_schedule": "linear", "lmbda_start": 0.0, "lmbda_end": 0.0}, "cache"),  # λ ≡ 0 as a schedule
+        ({"lmbda_schedule": "linear", "lmbda_start": 0.0, "lmbda_end": 0.5}, "cache+live"),
+        ({"lmbda": 0.5}, "cache+live"),
+    ],
+)
+def test_a_cache_stage_is_planned_without_a_teacher_exactly_when_lambda_stays_zero(lmbda_keys, source):
+    keys = {"teacher_cache": "cache-dir", "teacher_top_k": 8, **lmbda_keys}
+    assert training_plan("gkd", keys)[2].teacher_source == source

@@ -3,12 +3,10 @@ token ids and final weights), with every hook on, and leaves the user's argument
 
 import pytest
 import torch
-from helpers import CPU_TRAINING_ARGS, make_trainer
+from helpers import make_minillm_trainer, make_trainer
 from transformers import TrainerCallback
 
-from trl_opd import MiniLLMConfig, MiniLLMTrainer
 from trl_opd.hooks import FlawedPrefixFilter, PacedCurriculum, TokenImportance
-from trl_opd.tiny import tiny_llama
 
 
 class KillAfter(TrainerCallback):
@@ -93,26 +91,11 @@ def test_gkd_resume_is_exact_with_every_hook(tmp_path, tok, dataset):
 
 
 def minillm(output_dir, tok, dataset):
-    args = MiniLLMConfig(
-        output_dir=str(output_dir),
-        per_device_train_batch_size=8,
-        num_generations=4,
-        max_steps=6,
-        max_completion_length=6,
-        learning_rate=3e-3,
-        save_steps=3,
-        disable_tqdm=True,
-        **{**CPU_TRAINING_ARGS, "save_strategy": "steps"},
-    )
-    return MiniLLMTrainer(
-        model=tiny_llama(len(tok), tokenizer=tok, seed=1),
-        teacher_model=tiny_llama(len(tok), tokenizer=tok, seed=2),
-        args=args,
-        train_dataset=dataset,
-        processing_class=tok,
+    return make_minillm_trainer(
+        output_dir, tok, dataset, max_steps=6, save_steps=3, save_strategy="steps",
         token_importance=TokenImportance(mode="top_fraction", keep_fraction=0.5),
         prefix_filter=FlawedPrefixFilter(max_perplexity=1000.0),
-    )
+    )  # fmt: skip
 
 
 def test_minillm_resume_is_exact(tmp_path, tok, dataset):

@@ -184,3 +184,49 @@ def test_schedule_is_frozen():
     schedule = LambdaSchedule()
     with pytest.raises(AttributeError):
         schedule.lmbda = 0.9  # frozen dataclass: cannot bypass the validation after construction
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The facts a schedule owns: its defaults, λ ≡ 0 / λ ≡ 1, its description.
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_ramp_defaults_depend_on_the_kind():
+    assert (LambdaSchedule(kind="linear").start, LambdaSchedule(kind="linear").end) == (0.0, 1.0)
+    assert (LambdaSchedule(kind="three_phase").start, LambdaSchedule(kind="three_phase").end) == (0.3, 0.7)
+    assert LambdaSchedule(kind="linear", end=0.4).end == 0.4
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "on", "off"),
+    [
+        ({"kind": "constant", "lmbda": 1.0}, True, False),
+        ({"kind": "constant", "lmbda": 0.0}, False, True),
+        ({"kind": "constant", "lmbda": 0.5}, False, False),
+        ({"kind": "linear", "start": 0.0, "end": 0.0}, False, True),  # refused a cache before: only constant counted
+        ({"kind": "linear", "start": 1.0, "end": 1.0}, True, False),
+        ({"kind": "linear", "start": 0.0, "end": 1.0}, False, False),
+        ({"kind": "three_phase"}, False, False),
+        ({"kind": "three_phase", "start": 1.0, "end": 1.0, "warmup_fraction": 0.0}, True, False),
+        ({"kind": "three_phase", "start": 1.0, "end": 1.0}, False, False),  # the warm-up is off-policy
+        ({"kind": "three_phase", "start": 0.0, "end": 0.0, "warmup_fraction": 0.5, "mixed_fraction": 0.5}, 0, 0),
+    ],
+)
+def test_always_on_and_off_policy_hold_over_the_whole_run(kwargs, on, off):
+    schedule = LambdaSchedule(**kwargs)
+    assert (schedule.always_on_policy, schedule.always_off_policy) == (on, off)
+    values = {schedule(s / 200) for s in range(201)}  # the facts agree with the schedule's values
+    assert (values == {1.0}) == on and (values == {0.0}) == off
+
+
+def test_description_is_one_line_per_kind():
+    assert LambdaSchedule(kind="constant", lmbda=0.25).describe() == "constant λ = 0.25"
+    assert LambdaSchedule(kind="linear").describe() == "linear λ 0 → 1"
+    assert LambdaSchedule(kind="three_phase").describe() == "three_phase: λ = 0 for 20%, 0.3 → 0.7 over 40%, then λ = 1"
+
+
+def test_config_builds_its_schedule_once(make_gkd_config):
+    config = make_gkd_config(lmbda_schedule="linear", lmbda_start=0.0, lmbda_end=0.0)
+    assert config.lambda_schedule() is config.lambda_schedule()
+    assert config.lambda_schedule() == LambdaSchedule(kind="linear", start=0.0, end=0.0)
+    assert config.lambda_schedule().always_off_policy

@@ -2,6 +2,8 @@
 refused, a mixed run running the teacher on on-policy rows only), several teachers routed by `teacher_id`, and the
 `trl-opd cache-teacher` command."""
 
+import logging
+
 import pytest
 import torch
 from helpers import make_trainer
@@ -139,6 +141,43 @@ def test_without_a_teacher_only_cached_lambda_zero_runs_are_allowed(tmp_path, ca
             args=make_config(tmp_path, lmbda=0.5, teacher_cache=cache_dir, **RUN),
             processing_class=tok,
         )
+
+
+def test_a_schedule_that_stays_at_zero_is_served_by_the_cache_alone(tmp_path, cache_dir, tok, dataset):
+    from helpers import make_config
+
+    args = make_config(
+        tmp_path, lmbda_schedule="linear", lmbda_start=0.0, lmbda_end=0.0, teacher_cache=cache_dir, **RUN
+    )
+    trainer = GKDTrainer(
+        model=tiny_llama(len(tok), tokenizer=tok), teacher_model=None, train_dataset=dataset, args=args,
+        processing_class=tok,
+    )  # fmt: skip
+    assert trainer.teacher is None and trainer.teachers.cache is not None
+
+
+def test_a_reverse_kl_run_warns_about_the_caches_top_k_and_the_config_is_left_as_given(
+    tmp_path, cache_dir, tok, dataset, caplog
+):
+    from helpers import make_config
+
+    args = make_config(tmp_path, lmbda=0.0, divergence="rkl", teacher_cache=cache_dir, **RUN)
+    given = args.to_dict()
+    with caplog.at_level(logging.WARNING, logger="trl_opd.trainers.teacher_args"):
+        trainer = GKDTrainer(
+            model=tiny_llama(len(tok), tokenizer=tok), teacher_model=None, train_dataset=dataset, args=args,
+            processing_class=tok,
+        )  # fmt: skip
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and f"teacher_top_k={K} with divergence='rkl'" in warnings[0]
+    assert trainer.teacher_top_k == K and args.teacher_top_k is None and args.to_dict() == given
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="trl_opd.trainers.teacher_args"):
+        GKDTrainer(
+            model=tiny_llama(len(tok), tokenizer=tok), teacher_model=None, train_dataset=dataset, processing_class=tok,
+            args=make_config(tmp_path, lmbda=0.0, divergence="fkl", teacher_cache=cache_dir, **RUN),
+        )  # fmt: skip
+    assert not caplog.records  # a forward KL on the cache's bins is fine
 
 
 # ------------------------------------------------------------------------------------------------------------ routing

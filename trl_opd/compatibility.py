@@ -128,7 +128,7 @@ def tokenizer_fingerprint(tokenizer) -> dict[str, Any]:
 
 
 #: Fingerprint fields whose difference blocks training, and those that only warn.
-_BLOCKING = (
+BLOCKING_FIELDS = (
     "size",
     "vocabulary",
     "model",
@@ -139,14 +139,14 @@ _BLOCKING = (
     "unk_token_id",
     "chat template",
 )
-_WARNING = ("pad_token_id", "normalizer", "pre-tokenizer")
+WARNING_FIELDS = ("pad_token_id", "normalizer", "pre-tokenizer")
 
 
 def compare_tokenizers(student_tokenizer, teacher_tokenizer) -> list[Problem]:
     """The differences between the two tokenizers' fingerprints, each with its level and fix."""
     a, b = tokenizer_fingerprint(student_tokenizer), tokenizer_fingerprint(teacher_tokenizer)
     problems = []
-    for key in _BLOCKING + _WARNING:
+    for key in BLOCKING_FIELDS + WARNING_FIELDS:
         if a[key] == b[key]:
             continue
         if key == "chat template" and (a[key] is None) != (b[key] is None):
@@ -159,7 +159,7 @@ def compare_tokenizers(student_tokenizer, teacher_tokenizer) -> list[Problem]:
                 )
             )
             continue
-        level = "error" if key in _BLOCKING else "warning"
+        level = "error" if key in BLOCKING_FIELDS else "warning"
         detail = f" ({a[key]} vs {b[key]})" if key.endswith("_id") or key in ("size", "model") else ""
         fix = (
             "copy the teacher's chat_template to the student's tokenizer (or train the student with the teacher's)."
@@ -172,7 +172,8 @@ def compare_tokenizers(student_tokenizer, teacher_tokenizer) -> list[Problem]:
     return problems
 
 
-def _has_tokenizer_files(folder: str) -> bool:
+def has_tokenizer_files(folder: str) -> bool:
+    """Whether ``folder`` is a local folder holding a tokenizer (``tokenizer.json``, ``vocab.json``, ...)."""
     names = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
     return os.path.isdir(folder) and any(os.path.isfile(os.path.join(folder, n)) for n in names)
 
@@ -182,7 +183,7 @@ def teacher_tokenizer_of(teacher, teacher_tokenizer=None):
     if teacher_tokenizer is not None:
         return teacher_tokenizer
     folder = teacher if isinstance(teacher, str) else getattr(teacher, "name_or_path", None)
-    if folder and _has_tokenizer_files(str(folder)):
+    if folder and has_tokenizer_files(str(folder)):
         from transformers import AutoTokenizer
 
         return AutoTokenizer.from_pretrained(str(folder))

@@ -53,6 +53,16 @@ def load_model(
     return create_model_from_path(model, **kwargs)
 
 
+class SingleProcessArgs:
+    """The bits of a config :func:`load_model` reads, for a single-process command (``trl-opd check``,
+    ``trl-opd cache-teacher``) that has no training config."""
+
+    trust_remote_code = False
+
+    class distributed_state:  # noqa: N801  (mirrors TrainingArguments.distributed_state)
+        distributed_type = "NO"
+
+
 def load_teacher(teacher_model: str | PreTrainedModel, init_kwargs: dict | None, args) -> PreTrainedModel:
     """:func:`load_model` for the teacher (``args.teacher_model_revision``)."""
     return load_model(
@@ -65,10 +75,10 @@ def check_processing_class(model, processing_class) -> None:
     ``name_or_path`` is a local folder holding one (TRL would try to download it and fail with a Hub error)."""
     if processing_class is not None or isinstance(model, str):
         return
-    from .compatibility import _has_tokenizer_files
+    from .compatibility import has_tokenizer_files
 
     folder = str(getattr(model, "name_or_path", "") or "")
-    if not _has_tokenizer_files(folder):
+    if not has_tokenizer_files(folder):
         raise ValueError(
             "processing_class is None and the student is a model instance without a local tokenizer folder, so there "
             "is no tokenizer to use. Pass processing_class=AutoTokenizer.from_pretrained(folder, padding_side='left') "

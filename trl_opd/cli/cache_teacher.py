@@ -41,12 +41,11 @@ def run_cache_teacher(args: argparse.Namespace) -> int:
     from transformers import AutoTokenizer
 
     from ..data import load_dataset_spec
-    from ..models import load_model
+    from ..models import SingleProcessArgs, load_model
     from ..teachers.cache import build_teacher_cache
-    from .check import _NoDistributedArgs
 
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.teacher)
-    teacher = load_model(args.teacher, None, _NoDistributedArgs(), role="teacher")
+    teacher = load_model(args.teacher, None, SingleProcessArgs(), role="teacher")
     cache = build_teacher_cache(
         teacher,
         tokenizer,

@@ -46,21 +46,12 @@ def run_check(args: argparse.Namespace) -> int:
         from datasets import Dataset
 
         from ..data import load_dataset_spec, prepare_prompt_completion_dataset
-        from ..models import load_model
+        from ..models import SingleProcessArgs, load_model
 
         dataset = prepare_prompt_completion_dataset(load_dataset_spec(args.dataset), "--dataset")
         if not isinstance(dataset, Dataset) or len(dataset) == 0:
             raise UsageError(f"--dataset {args.dataset!r} holds no rows to score.")
-        teacher = load_model(args.teacher, None, _NoDistributedArgs(), role="teacher")
+        teacher = load_model(args.teacher, None, SingleProcessArgs(), role="teacher")
         report.facts["teacher NLL (nats/token)"] = f"{teacher_nll(teacher, tokenizer, dataset, args.rows):.3f}"
     print(report.format())
     return 0 if report.ok else 1
-
-
-class _NoDistributedArgs:
-    """The bits of a config :func:`trl_opd.models.load_model` reads, for a single-process command."""
-
-    trust_remote_code = False
-
-    class distributed_state:  # noqa: N801  (mirrors TrainingArguments.distributed_state)
-        distributed_type = "NO"

@@ -12,8 +12,8 @@ values are in nats.
 
 Layout, one concept per module:
 
-* :mod:`.registry` (torch-free): one :class:`Divergence` record per name (its formula, module and tile count) and
-  :func:`resolve`, the JSD endpoint rule;
+* :mod:`.registry` (torch-free): one :class:`Divergence` record per name (its formula, module, tile count and
+  reverse-KL share), :func:`resolve`, the JSD endpoint rule, and :func:`check_top_k`, the rule for a top-k setting;
 * :mod:`.fkl`, :mod:`.rkl`, :mod:`.jsd`, :mod:`.tvd`: each divergence's dense formula and closed-form logit gradient;
 * :mod:`.dense`: :func:`per_token_divergence` on ``(..., V)`` logits (autograd);
 * :mod:`.heads`: :class:`LMHead`, a model's head as one record (weight, bias, scale, softcap);
@@ -27,7 +27,16 @@ from __future__ import annotations
 
 import importlib
 
-from .registry import DIVERGENCES, REGISTRY, Divergence, check_divergence, loss_tiles, resolve  # noqa: F401
+from .registry import (  # noqa: F401
+    DIVERGENCES,
+    REGISTRY,
+    Divergence,
+    check_divergence,
+    check_top_k,
+    loss_tiles,
+    resolve,
+    reverse_kl_share,
+)
 
 
 _LAZY = {
@@ -54,4 +63,16 @@ def __getattr__(name):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = sorted(["DIVERGENCES", "REGISTRY", "Divergence", "check_divergence", "loss_tiles", "resolve", *_LAZY])
+__all__ = sorted(
+    [
+        "DIVERGENCES",
+        "REGISTRY",
+        "Divergence",
+        "check_divergence",
+        "check_top_k",
+        "loss_tiles",
+        "resolve",
+        "reverse_kl_share",
+        *_LAZY,
+    ]
+)

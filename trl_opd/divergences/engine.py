@@ -16,6 +16,7 @@ Two autograd functions:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -24,7 +25,7 @@ from ..tiling import default_chunk_rows
 from . import topk
 from .heads import LMHead, make_logit_transform, transformed_logits
 from .ops import check_temperature, log_softmax_, rowdot, safe_log_softmax
-from .registry import Divergence, resolve
+from .registry import Divergence, check_top_k, resolve
 from .topk import TopKTargets
 
 
@@ -236,32 +237,32 @@ def _as_head(weight, role: str, head_kwargs: dict) -> LMHead:
     return LMHead(weight, bias, 1.0 if scale is None else float(scale), softcap)
 
 
+@dataclass(frozen=True)
+class _Options:
+    """The settings of one call of the public chunked functions, besides the tensors and the heads."""
+
+    divergence: str
+    beta: float
+    temperature: float
+    vocab_size: int | None
+    chunk_size: int | None
+    teacher_top_k: int | None
+    teacher_entropy: bool = False
+
+
 def _make_spec(
-    student_hidden,
-    student: LMHead,
-    teacher_hidden,
-    teacher_weight,
-    head_kwargs: dict,
-    divergence,
-    beta,
-    temperature,
-    vocab_size,
-    chunk_size,
-    teacher_top_k,
-    return_teacher_entropy,
+    student_hidden, student: LMHead, teacher_hidden, teacher_weight, head_kwargs: dict, options: _Options
 ) -> _ChunkSpec:
     """Validate the arguments of the chunked functions (errors name the fix) and build their :class:`_ChunkSpec`.
 
     The teacher is ``teacher_hidden`` ``(N, H_t)`` with its head ``teacher_weight`` (a weight or an
     :class:`LMHead`), or precomputed :class:`~.topk.TopKTargets` (then ``teacher_weight`` is ``None``)."""
-    record = resolve(divergence, beta)
+    beta, temperature, vocab_size = options.beta, options.temperature, options.vocab_size
+    record = resolve(options.divergence, beta)
     check_temperature(temperature)
-    if chunk_size is not None and chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive number of rows, got {chunk_size}.")
-    if teacher_top_k is not None and teacher_top_k < 1:
-        raise ValueError(
-            f"teacher_top_k must be a positive number of tokens or None (full vocabulary), got {teacher_top_k}."
-        )
+    if options.chunk_size is not None and options.chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive number of rows, got {options.chunk_size}.")
+    check_top_k(options.teacher_top_k)
     n_teacher = len(teacher_hidden) if isinstance(teacher_hidden, TopKTargets) else teacher_hidden.shape[0]
     if student_hidden.shape[0] != n_teacher:
         raise ValueError(
@@ -289,9 +290,9 @@ def _make_spec(
                 f"vocab_size={vocab_size} must be in [1, rows of the smaller head]; the heads have "
                 f"{student.rows} and {head.rows} rows."
             )
-        teacher = _HiddenTeacher(teacher_hidden.detach(), head, vocab_size, temperature, teacher_top_k)
-    chunk = chunk_size if chunk_size is not None else default_chunk_rows(vocab_size)
-    return _ChunkSpec(record, beta, temperature, chunk, vocab_size, student.transform, teacher, return_teacher_entropy)
+        teacher = _HiddenTeacher(teacher_hidden.detach(), head, vocab_size, temperature, options.teacher_top_k)
+    chunk = options.chunk_size if options.chunk_size is not None else default_chunk_rows(vocab_size)
+    return _ChunkSpec(record, beta, temperature, chunk, vocab_size, student.transform, teacher, options.teacher_entropy)
 
 
 def chunked_per_token_divergence(
@@ -342,8 +343,8 @@ def chunked_per_token_divergence(
         ``(N,)`` float32 divergences (weighted when ``token_weights`` is given), then, when asked, the ``(N,)`` student
         entropies and the ``(N,)`` teacher entropies, in that order.
     """
-    spec_args = (divergence, beta, temperature, vocab_size, chunk_size, teacher_top_k, return_teacher_entropy)
-    student, spec = _prepare(student_hidden, teacher_hidden, student_weight, teacher_weight, head_kwargs, *spec_args)
+    options = _Options(divergence, beta, temperature, vocab_size, chunk_size, teacher_top_k, return_teacher_entropy)
+    student, spec = _prepare(student_hidden, teacher_hidden, student_weight, teacher_weight, head_kwargs, options)
     values, entropy, teacher_entropy = _ChunkedDivergence.apply(student_hidden, student.weight, student.bias, spec)
     if token_weights is not None:
         values = values * token_weights.to(values.dtype)
@@ -378,8 +379,8 @@ def chunked_divergence_loss(
         ``(loss, values, student_entropy)``: the scalar loss (differentiable), and the ``(N,)`` per-token divergences
         and student entropies (detached), e.g. for logging or a curriculum.
     """
-    spec_args = (divergence, beta, temperature, vocab_size, chunk_size, teacher_top_k, False)
-    student, spec = _prepare(student_hidden, teacher_hidden, student_weight, teacher_weight, head_kwargs, *spec_args)
+    options = _Options(divergence, beta, temperature, vocab_size, chunk_size, teacher_top_k)
+    student, spec = _prepare(student_hidden, teacher_hidden, student_weight, teacher_weight, head_kwargs, options)
     if token_weights is None:
         token_weights = torch.ones(student_hidden.shape[0], device=student_hidden.device)
     normalizer = normalizer.to(student_hidden.device).float() if torch.is_tensor(normalizer) else float(normalizer)
@@ -388,13 +389,13 @@ def chunked_divergence_loss(
     )
 
 
-def _prepare(student_hidden, teacher_hidden, student_weight, teacher_weight, head_kwargs, *spec_args):
+def _prepare(student_hidden, teacher_hidden, student_weight, teacher_weight, head_kwargs, options: _Options):
     """The student's :class:`LMHead` and the :class:`_ChunkSpec` of a call of the public functions."""
     unknown = set(head_kwargs) - {f"{role}_{k}" for role in ("student", "teacher") for k in _HEAD_KWARGS}
     if unknown:
         raise TypeError(f"Unexpected keyword arguments {sorted(unknown)}.")
     student = _as_head(student_weight, "student", head_kwargs)
-    return student, _make_spec(student_hidden, student, teacher_hidden, teacher_weight, head_kwargs, *spec_args)
+    return student, _make_spec(student_hidden, student, teacher_hidden, teacher_weight, head_kwargs, options)
 
 
 @torch.no_grad()

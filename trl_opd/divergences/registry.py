@@ -23,18 +23,31 @@ class Divergence:
 
     Attributes:
         name: the value of ``divergence=`` that selects it.
+        label: its name in words (``"forward KL"``).
         formula: the definition, for messages and docs.
         tiles: float32 ``(rows, V)`` tiles alive at the peak of one chunk (value + closed-form gradient).
         module: the module holding ``dense(log_p_s, log_p_t, beta)`` and ``value_and_gradient(log_p_s, p_s, log_p_t,
             beta)``; imported on first use.
+        reverse_kl: how much of it is reverse KL, for a divergence that ignores ``beta`` (1 for RKL, 0 for FKL and
+            TVD); a divergence that uses ``beta`` is ``beta`` reverse KL (TRL's generalized JSD: β = 1 is RKL).
         uses_beta: whether ``beta`` changes it.
     """
 
     name: str
+    label: str
     formula: str
     tiles: int
     module: str
+    reverse_kl: float = 0.0
     uses_beta: bool = False
+
+    def describe(self, beta: float = 0.5) -> str:
+        """In words, for a model card or a log: ``forward KL``, ``generalized JSD(β = 0.5)``."""
+        return f"{self.label}(β = {beta:g})" if self.uses_beta else self.label
+
+    def reverse_kl_share(self, beta: float = 0.5) -> float:
+        """How much of the objective is reverse KL, in [0, 1]: 1 for RKL, β for JSD(β), 0 for FKL and TVD."""
+        return beta if self.uses_beta else self.reverse_kl
 
     @property
     def math(self) -> ModuleType:
@@ -54,12 +67,19 @@ _PACKAGE = __name__.rsplit(".", 1)[0]
 REGISTRY: dict[str, Divergence] = {
     d.name: d
     for d in (
-        Divergence("fkl", "KL(p_T ‖ p_S) = Σ p_T (log p_T − log p_S)", 4, f"{_PACKAGE}.fkl"),
-        Divergence("rkl", "KL(p_S ‖ p_T) = Σ p_S (log p_S − log p_T)", 3, f"{_PACKAGE}.rkl"),
+        Divergence("fkl", "forward KL", "KL(p_T ‖ p_S) = Σ p_T (log p_T − log p_S)", 4, f"{_PACKAGE}.fkl"),
         Divergence(
-            "jsd", "β KL(p_T ‖ M) + (1 − β) KL(p_S ‖ M), M = β p_T + (1 − β) p_S", 5, f"{_PACKAGE}.jsd", uses_beta=True
+            "rkl", "reverse KL", "KL(p_S ‖ p_T) = Σ p_S (log p_S − log p_T)", 3, f"{_PACKAGE}.rkl", reverse_kl=1.0
         ),
-        Divergence("tvd", "½ Σ |p_T − p_S|", 3, f"{_PACKAGE}.tvd"),
+        Divergence(
+            "jsd",
+            "generalized JSD",
+            "β KL(p_T ‖ M) + (1 − β) KL(p_S ‖ M), M = β p_T + (1 − β) p_S",
+            5,
+            f"{_PACKAGE}.jsd",
+            uses_beta=True,
+        ),
+        Divergence("tvd", "total variation", "½ Σ |p_T − p_S|", 3, f"{_PACKAGE}.tvd"),
     )
 }
 
@@ -81,6 +101,20 @@ def resolve(divergence: str, beta: float = 0.5) -> Divergence:
     if divergence == "jsd" and beta in (0.0, 1.0):
         return REGISTRY["fkl" if beta == 0.0 else "rkl"]
     return REGISTRY[divergence]
+
+
+def reverse_kl_share(divergence: str, beta: float = 0.5) -> float:
+    """How much of ``divergence`` at ``beta`` is reverse KL (checked): 1 for ``"rkl"``, β for ``"jsd"``, else 0.
+
+    A top-k + tail teacher distorts the gradient of the reverse-KL part (``trl_opd.trainers.teacher_args``)."""
+    check_divergence(divergence, beta)
+    return REGISTRY[divergence].reverse_kl_share(beta)
+
+
+def check_top_k(value, name: str = "teacher_top_k") -> None:
+    """The one rule for a top-k setting: a positive integer, or ``None`` for the full vocabulary."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"{name} must be a positive integer or None (the full vocabulary), got {value!r}.")
 
 
 #: Float32 ``(rows, V)`` tiles one chunk keeps alive on the top-k + tail path, for every divergence: the student's

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .paced import _check_non_negative, _difficulty_ranks, observation_from_divergence, paced_weights
+from .paced import check_non_negative, difficulty_ranks, observation_from_divergence, paced_weights
 from .paced_sampler import PacedSampler
 
 
@@ -98,10 +98,10 @@ class PacedCurriculum:
     # ------------------------------------------------------------------------------------------------------------------
 
     def _validate_config(self) -> None:
-        _check_non_negative("alpha", self.alpha)
-        _check_non_negative("beta", self.beta)
-        _check_non_negative("floor", self.floor)
-        _check_non_negative("warmup_strength", self.warmup_strength)
+        check_non_negative("alpha", self.alpha)
+        check_non_negative("beta", self.beta)
+        check_non_negative("floor", self.floor)
+        check_non_negative("warmup_strength", self.warmup_strength)
         if not (isinstance(self.prior, (int, float)) and 0.0 <= self.prior <= 1.0):
             raise ValueError(f"prior must be in [0, 1], got {self.prior!r}.")
         if not (isinstance(self.ema, (int, float)) and 0.0 < self.ema <= 1.0):
@@ -174,7 +174,7 @@ class PacedCurriculum:
         self._p = torch.full((num_examples,), float(self.prior), dtype=torch.float64)
         self._visits = torch.zeros(num_examples, dtype=torch.int64)
         self._difficulty = diff
-        self._difficulty_rank = None if diff is None else _difficulty_ranks(diff)
+        self._difficulty_rank = None if diff is None else difficulty_ranks(diff)
         self._generator = torch.Generator()
         self._generator_seeded = False
         self._batches_drawn = 0
@@ -317,7 +317,7 @@ class PacedCurriculum:
         self._history.append(record)
         self._last_metrics = dict(record["metrics"])
 
-    def _next_batch(self, batch_size: int) -> list[int]:
+    def next_batch(self, batch_size: int) -> list[int]:
         """The next generation batch: a pending (drawn before the checkpoint) batch if any, else a fresh draw."""
         self._require_bound("sampler iteration")
         if self._pending:
@@ -429,7 +429,7 @@ class PacedCurriculum:
         self._visits = visits
         difficulty = state["difficulty"]
         self._difficulty = None if difficulty is None else torch.tensor(difficulty, dtype=torch.float64)
-        self._difficulty_rank = None if self._difficulty is None else _difficulty_ranks(self._difficulty)
+        self._difficulty_rank = None if self._difficulty is None else difficulty_ranks(self._difficulty)
         self._generator = torch.Generator()
         self._generator_seeded = bool(state["generator_seeded"])
         if self._generator_seeded:

@@ -42,7 +42,7 @@ import math
 import torch
 
 
-def _check_non_negative(name: str, value: float) -> None:
+def check_non_negative(name: str, value: float) -> None:
     if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
 
@@ -64,9 +64,9 @@ def paced_weights(p: torch.Tensor, alpha: float = 1.0, beta: float = 1.0, floor:
     Returns:
         A tensor of the same shape as ``p`` (float; ``p``'s floating dtype, float64 otherwise).
     """
-    _check_non_negative("alpha", alpha)
-    _check_non_negative("beta", beta)
-    _check_non_negative("floor", floor)
+    check_non_negative("alpha", alpha)
+    check_non_negative("beta", beta)
+    check_non_negative("floor", floor)
     p = torch.as_tensor(p)
     if not p.is_floating_point():
         p = p.to(torch.float64)
@@ -98,7 +98,7 @@ def observation_from_divergence(mean_divergence: float | torch.Tensor) -> float 
     return math.exp(-max(d, 0.0))
 
 
-def _difficulty_ranks(difficulty: torch.Tensor) -> torch.Tensor:
+def difficulty_ranks(difficulty: torch.Tensor) -> torch.Tensor:
     """Ranks in [0, 1] (0 = smallest difficulty = easiest), average rank for ties, all 0 when N == 1."""
     n = difficulty.numel()
     if n <= 1:

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator, Protocol
 
 from torch.utils.data import Sampler
 
 
-if TYPE_CHECKING:
-    from .curriculum import PacedCurriculum
+class BatchSource(Protocol):
+    """What the sampler draws from: a :class:`~trl_opd.hooks.PacedCurriculum` bound to its dataset."""
+
+    num_examples: int | None
+
+    def next_batch(self, batch_size: int) -> list[int]:
+        """The indices of the next generation batch (``batch_size`` distinct examples)."""
 
 
 class PacedSampler(Sampler[int]):
@@ -28,7 +33,7 @@ class PacedSampler(Sampler[int]):
 
     def __init__(
         self,
-        curriculum: PacedCurriculum,
+        curriculum: BatchSource,
         batch_size: int,
         repeat_count: int = 1,
         mini_repeat_count: int = 1,
@@ -47,7 +52,7 @@ class PacedSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         for _ in range(self.num_batches):
-            batch = self.curriculum._next_batch(self.batch_size)
+            batch = self.curriculum.next_batch(self.batch_size)
             for _ in range(self.repeat_count):
                 for index in batch:
                     for _ in range(self.mini_repeat_count):

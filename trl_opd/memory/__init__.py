@@ -11,14 +11,16 @@ transformers nor TRL. The formulas mirror what :class:`trl_opd.GKDTrainer` (on `
 allocates, and ``tests/test_memory.py`` checks each part that exists on a CPU against a measurement made with
 :class:`trl_opd.measurement.LiveTensorMeter` (``docs/memory.md`` lists the tolerances).
 
-The modules, in import order:
+The modules, each importing only those above it:
 
 * :mod:`.shapes`: :class:`ModelShape`, packaged shapes, :func:`weight_bytes` (fp32/bf16/fp16, NF4, int8);
 * :mod:`.plan`: :class:`TrainingPlan`, its validation and its fields' command-line metadata;
 * :mod:`.formulas`: the bytes of each part (activations, loss chunks, teacher forward, generation, teacher cache);
-* :mod:`.estimate`: :func:`predict`, :class:`MemoryEstimate`, the phases and the overhead constants;
-* :mod:`.fixes`: :data:`FIX_ORDER` and the search for the cheapest fix;
+* :mod:`.parts`: the parts' labels, the phases, the overhead constants and the GPU sizes;
+* :mod:`.fixes`: :data:`FIX_ORDER` and the search for the cheapest fix (it re-plans through the estimate it is given);
 * :mod:`.render`: the text table and the JSON form;
+* :mod:`.estimate`: :func:`predict` and :class:`MemoryEstimate` (whose ``cheapest_fix``, ``table`` and ``to_dict``
+  call :mod:`.fixes` and :mod:`.render`);
 * :mod:`.recipes`: the packaged 7B-student recipes.
 
 Phases of one step (the peak is the largest)::
@@ -35,16 +37,7 @@ from __future__ import annotations
 import importlib
 
 from ..divergences.registry import DIVERGENCES
-from .estimate import (
-    ALLOCATOR_OVERHEAD,
-    CUDA_CONTEXT_BYTES,
-    GIB,
-    GPU_SIZES_GB,
-    PART_LABELS,
-    PHASES,
-    MemoryEstimate,
-    predict,
-)
+from .estimate import MemoryEstimate, predict
 from .fixes import FIX_ORDER, Fix, fix_candidates
 from .formulas import (
     TOPK_BIN_TENSORS,
@@ -66,6 +59,7 @@ from .formulas import (
     tile_rows,
     trainable_parameters,
 )
+from .parts import ALLOCATOR_OVERHEAD, CUDA_CONTEXT_BYTES, GIB, GPU_SIZES_GB, PART_LABELS, PHASES
 from .plan import GENERATION_BACKENDS, LORA_TARGETS, OPTIMIZERS, TEACHER_SOURCES, TrainingPlan
 from .recipes import RECIPE_PLAN, RECIPES, recipe
 from .shapes import (

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from .fixes import Fix, cheapest_fix
 from .formulas import (
     activation_bytes,
     adapter_bytes_per_param,
@@ -32,39 +33,18 @@ from .formulas import (
     teacher_forward_bytes,
     trainable_parameters,
 )
+from .parts import (
+    ALLOCATOR_OVERHEAD,
+    CUDA_CONTEXT_BYTES,
+    GIB,
+    GPU_SIZES_GB,
+    ONE_AT_A_TIME,
+    PERSISTENT,
+    PHASES,
+)
 from .plan import TrainingPlan
+from .render import table, to_dict
 from .shapes import SUPPORTED_MODEL_TYPES, ModelShape, weight_bytes
-
-
-GIB = 2**30
-#: CUDA context, cuBLAS/cuDNN handles and loaded kernels: memory the GPU holds that ``torch.cuda.max_memory_allocated``
-#: does not see (typically 0.4-0.8 GiB with PyTorch 2.x on Ampere/Hopper). A stated constant, not measured here.
-CUDA_CONTEXT_BYTES = int(0.75 * GIB)
-#: The caching allocator's rounding and fragmentation, as a fraction of the peak allocated bytes (reserved/allocated
-#: is typically 1.02-1.10 for training loops with steady shapes). A stated constant, not measured here.
-ALLOCATOR_OVERHEAD = 0.05
-#: Nominal GPU sizes the planner reports on. "N GB" is taken as N GiB of device memory (A100 40/80 GB, A6000 48 GB,
-#: RTX 4090 24 GB report that much; an L40S reports ~45 GiB and an A10G ~22 GiB: read the headroom column).
-GPU_SIZES_GB = (24, 40, 48, 80)
-
-PART_LABELS = {
-    "student_weights": "student weights",
-    "adapters": "LoRA adapters",
-    "optimizer_states": "optimizer states",
-    "gradients": "gradients",
-    "activations": "activations (saved)",
-    "backward_workspace": "backward workspace",
-    "loss_chunks": "loss chunks",
-    "kv_cache": "KV cache (generation)",
-    "generation_workspace": "generation workspace",
-    "vllm_reserved": "vLLM reserved",
-    "teacher_weights": "teacher weights",
-    "teacher_forward": "teacher forward",
-    "teacher_cache_read": "teacher cache read",
-}
-PHASES = ("generation", "training", "optimizer")
-PERSISTENT = ("student_weights", "adapters", "optimizer_states", "teacher_weights")
-ONE_AT_A_TIME = ("teacher_forward", "loss_chunks", "backward_workspace")  # sequential within the training phase
 
 
 @dataclass
@@ -123,23 +103,21 @@ class MemoryEstimate:
         """Whether the predicted peak, overheads included, fits a card of ``gpu_gb`` GiB."""
         return self.headroom_gib(gpu_gb) >= 0
 
-    def cheapest_fix(self, gpu_gb: float):
+    def replanned(self, **changes) -> MemoryEstimate:
+        """The estimate of the same two models under this plan with ``changes`` (fields of :class:`TrainingPlan`)."""
+        return predict(self.student, self.teacher, replace(self.plan, **changes))
+
+    def cheapest_fix(self, gpu_gb: float) -> Fix | None:
         """The least costly change that makes this configuration fit ``gpu_gb``, as a :class:`Fix`; ``None`` if it
         already fits (see :func:`trl_opd.memory.fixes.cheapest_fix`)."""
-        from .fixes import cheapest_fix
-
         return cheapest_fix(self, gpu_gb)
 
     def table(self, gpu_sizes: Sequence[float] = GPU_SIZES_GB, fixes: bool = True) -> str:
         """A text table of the parts (GiB, and in which phase each is alive), the phase totals and the fit per GPU."""
-        from .render import table
-
         return table(self, gpu_sizes, fixes)
 
     def to_dict(self, gpu_sizes: Sequence[float] = GPU_SIZES_GB) -> dict:
         """Plain data (bytes) for JSON output."""
-        from .render import to_dict
-
         return to_dict(self, gpu_sizes)
 
 

@@ -7,8 +7,8 @@ learned); :func:`fix_candidates` lists each change's settings, mildest first; :f
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
-from .estimate import MemoryEstimate, predict
 from .formulas import tile_rows
 from .plan import TrainingPlan
 from .shapes import ModelShape
@@ -16,11 +16,11 @@ from .shapes import ModelShape
 
 @dataclass(frozen=True)
 class Fix:
-    """A change to a :class:`TrainingPlan` and the estimate it gives."""
+    """A change to a :class:`TrainingPlan` and the :class:`~trl_opd.memory.MemoryEstimate` it gives."""
 
     description: str
     plan: TrainingPlan
-    estimate: MemoryEstimate
+    estimate: Any
 
     def __str__(self) -> str:
         return self.description
@@ -95,8 +95,9 @@ def fix_candidates(name: str, plan: TrainingPlan, student: ModelShape) -> list[t
     return out
 
 
-def cheapest_fix(base: MemoryEstimate, gpu_gb: float) -> Fix | None:
-    """The least costly change that makes ``base`` fit ``gpu_gb``; ``None`` if it already fits.
+def cheapest_fix(base, gpu_gb: float) -> Fix | None:
+    """The least costly change that makes ``base`` (a :class:`~trl_opd.memory.MemoryEstimate`) fit ``gpu_gb``;
+    ``None`` if it already fits.
 
     Each change of :data:`FIX_ORDER` (cheapest in quality and speed first) is tried alone, from its mildest
     setting up; the first that fits is returned. If no single change is enough, the changes are stacked in that
@@ -106,7 +107,7 @@ def cheapest_fix(base: MemoryEstimate, gpu_gb: float) -> Fix | None:
     """
     if base.fits(gpu_gb):
         return None
-    fit = lambda overrides: predict(base.student, base.teacher, replace(base.plan, **overrides))  # noqa: E731
+    fit = lambda overrides: base.replanned(**overrides)  # noqa: E731
     for name in FIX_ORDER:
         for description, overrides in fix_candidates(name, base.plan, base.student):
             estimate = fit(overrides)

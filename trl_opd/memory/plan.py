@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from ..divergences.registry import DIVERGENCES
+from ..divergences.registry import DIVERGENCES, check_top_k
 from .shapes import QUANTIZATIONS
 
 
@@ -136,10 +136,8 @@ class TrainingPlan:
             raise ValueError(f"loss_chunk_rows must be >= 1, got {self.loss_chunk_rows}.")
         if not 0.0 < self.vllm_gpu_memory_utilization < 1.0:
             raise ValueError(f"vllm_gpu_memory_utilization must be in (0, 1), got {self.vllm_gpu_memory_utilization}.")
-        k = self.teacher_top_k
-        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
-            raise ValueError(f"teacher_top_k must be a positive integer or None (the full vocabulary), got {k!r}.")
-        if self.reads_teacher_cache and k is None:
+        check_top_k(self.teacher_top_k)
+        if self.reads_teacher_cache and self.teacher_top_k is None:
             raise ValueError(
                 f"teacher_source={self.teacher_source!r} reads the teacher's top-k log-probabilities from a cache: "
                 "set teacher_top_k to the k the cache was built with (e.g. 64)."

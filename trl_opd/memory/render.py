@@ -1,11 +1,11 @@
-"""What ``trl-opd plan`` prints: the text table of a :class:`MemoryEstimate` and its plain-data form for JSON."""
+"""What ``trl-opd plan`` prints: the text table of a :class:`~trl_opd.memory.MemoryEstimate` and its plain data."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict
 
-from .estimate import (
+from .parts import (
     ALLOCATOR_OVERHEAD,
     CUDA_CONTEXT_BYTES,
     GIB,
@@ -14,11 +14,10 @@ from .estimate import (
     PART_LABELS,
     PERSISTENT,
     PHASES,
-    MemoryEstimate,
 )
 
 
-def table(estimate: MemoryEstimate, gpu_sizes: Sequence[float] = GPU_SIZES_GB, fixes: bool = True) -> str:
+def table(estimate, gpu_sizes: Sequence[float] = GPU_SIZES_GB, fixes: bool = True) -> str:
     """A text table of the parts (GiB, and in which phase each is alive), the phase totals and the fit per GPU."""
     gib = lambda x: f"{x / GIB:8.2f}"  # noqa: E731
     plan = estimate.plan
@@ -64,7 +63,7 @@ def table(estimate: MemoryEstimate, gpu_sizes: Sequence[float] = GPU_SIZES_GB, f
     return "\n".join(lines)
 
 
-def _alive_in(estimate: MemoryEstimate, part: str) -> str:
+def _alive_in(estimate, part: str) -> str:
     """The table's "alive in" column: the phases a part lives in, or why a part is absent from this stage."""
     if part in ("teacher_weights", "teacher_forward") and not estimate.plan.loads_teacher:
         return "not on this GPU (targets from the teacher cache)"
@@ -78,7 +77,7 @@ def _alive_in(estimate: MemoryEstimate, part: str) -> str:
     return ", ".join(p for p in PHASES if part in estimate.phase_parts[p])
 
 
-def to_dict(estimate: MemoryEstimate, gpu_sizes: Sequence[float] = GPU_SIZES_GB) -> dict:
+def to_dict(estimate, gpu_sizes: Sequence[float] = GPU_SIZES_GB) -> dict:
     """Plain data (bytes) for JSON output."""
     return {
         "student": estimate.student.name,

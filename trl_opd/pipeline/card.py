@@ -11,6 +11,8 @@ import os
 
 import yaml
 
+from ..divergences.registry import REGISTRY
+
 
 METHODS = {
     "gkd": ("GKD: generalized knowledge distillation with per-sample λ-mixing", "2306.13649"),
@@ -19,31 +21,15 @@ METHODS = {
 }
 
 
-def lambda_schedule(args) -> str:
-    """GKD's λ schedule in words: ``constant λ = 0.5``, ``linear 0.0 → 1.0``, ``three_phase ...``."""
-    schedule = args.lambda_schedule()
-    if schedule.kind == "constant":
-        return f"constant λ = {schedule.lmbda:g}"
-    if schedule.kind == "linear":
-        return f"linear λ {schedule.start:g} → {schedule.end:g}"
-    return (
-        f"three_phase: λ = 0 for {schedule.warmup_fraction:.0%}, {schedule.start:g} → {schedule.end:g} over "
-        f"{schedule.mixed_fraction:.0%}, then λ = 1"
-    )
-
-
-def divergence(args) -> str:
-    if args.divergence == "jsd":
-        return f"generalized JSD(β = {args.beta:g})"
-    return {"fkl": "forward KL", "rkl": "reverse KL", "tvd": "total variation"}.get(args.divergence, args.divergence)
-
-
 def method_rows(run) -> list[tuple[str, str]]:
     """The rows that describe the objective of ``run``."""
     args = run.training
     if run.command == "gkd":
-        return [("λ schedule", lambda_schedule(args)), ("divergence", divergence(args)),
-                ("temperature", f"{args.temperature:g}")]  # fmt: skip
+        return [
+            ("λ schedule", args.lambda_schedule().describe()),
+            ("divergence", REGISTRY[args.divergence].describe(args.beta)),
+            ("temperature", f"{args.temperature:g}"),
+        ]
     if run.command == "minillm":
         return [
             ("λ schedule", "on-policy only (λ = 1): the student's own samples"),

@@ -18,7 +18,7 @@ import typing
 from dataclasses import MISSING, fields
 from pathlib import Path
 
-from .arguments import COMMANDS
+from .commands import COMMANDS, dataclass_types
 
 
 KEYS_FILE = Path(__file__).with_name("keys.json")
@@ -55,8 +55,6 @@ def _hints(cls) -> dict:
 
 def collect() -> dict:
     """``{"groups": {class name: [{name, type, default, help}, ...]}, "commands": {command: [class names]}}``."""
-    from .arguments import dataclass_types
-
     groups = {}
     for command in COMMANDS:
         for cls in dataclass_types(command):

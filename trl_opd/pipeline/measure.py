@@ -15,6 +15,7 @@ import logging
 
 from ..data import prompt_token_ids
 from ..evaluation import guards, sample
+from .inputs import resolve_verifier
 
 
 logger = logging.getLogger(__name__)
@@ -63,8 +64,6 @@ def _scores(verifier, dataset, prompts_repeat: int, completions: list[str], conv
 
 def measure(trainer, run, dataset) -> dict[str, float]:
     """The held-out guards and task scores of ``trainer``'s model on ``dataset`` (see the module docstring)."""
-    from .run import resolve_verifier
-
     student, teacher, vocab, eos, temperature, max_new_tokens = _student_and_teacher(trainer, run)
     tokenizer = getattr(trainer.processing_class, "tokenizer", trainer.processing_class)
     chat_kwargs = getattr(run.training, "chat_template_kwargs", None)

@@ -16,7 +16,8 @@ trainer's default, from the committed field list):
 * ``divergence``: ``divergence`` (GKD); ``rkl`` for MiniLLM (planned as on-policy GKD with RKL);
 * ``generation_backend``, ``vllm_gpu_memory_utilization``: ``use_vllm`` + ``vllm_mode`` (colocate → vllm, server →
   vllm-server);
-* ``teacher_source``, ``teacher_top_k``: ``teacher_cache`` (λ ≡ 0 → cache, else cache+live), ``teacher_top_k``.
+* ``teacher_source``, ``teacher_top_k``: ``teacher_cache`` (λ ≡ 0 → cache, else
+  cache+live; ``LambdaSchedule.always_off_policy``), ``teacher_top_k``.
 
 The shapes come from ``model_name_or_path`` / ``teacher_model_name_or_path``: a folder with a ``config.json``, a
 packaged model (``smollm2:student``), or a Hub id whose name is a packaged shape (``Qwen/Qwen2.5-7B-Instruct`` →
@@ -26,6 +27,8 @@ packaged model (``smollm2:student``), or a Hub id whose name is a packaged shape
 from __future__ import annotations
 
 import os
+
+from ..schedules import CONFIG_FIELDS, LambdaSchedule
 
 
 DTYPES = {"bfloat16": "bf16", "bf16": "bf16", "float16": "fp16", "fp16": "fp16", "float32": "fp32", "fp32": "fp32"}
@@ -89,7 +92,10 @@ def training_plan(trainer: str, keys: dict):
     if get("use_vllm"):
         vllm = "vllm-server" if get("vllm_mode") == "server" else "vllm"
     cache = keys.get("teacher_cache")
-    off_policy = trainer == "gkd" and get("lmbda_schedule") == "constant" and float(get("lmbda")) == 0.0
+    off_policy = (
+        trainer == "gkd"
+        and LambdaSchedule.from_config({name: get(name) for name in CONFIG_FIELDS.values()}).always_off_policy
+    )
     plan = TrainingPlan(
         student_quant=student_quant,
         teacher_quant=teacher_quant,

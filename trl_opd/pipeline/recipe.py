@@ -29,15 +29,8 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from .arguments import (
-    COMMANDS,
-    EXTRA_YAML_KEYS,
-    HOOKS,
-    HOOKS_BY_TRAINER,
-    closest,
-    read_yaml_mapping,
-    unknown_key_message,
-)
+from .arguments import closest, read_yaml_mapping, unknown_key_message
+from .commands import COMMANDS, EXTRA_YAML_KEYS, HOOKS, HOOKS_BY_TRAINER
 
 
 #: Keys of a stage besides its trainer's fields.

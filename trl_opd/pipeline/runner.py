@@ -24,7 +24,9 @@ import json
 import logging
 import os
 
+from .arguments import parse_run
 from .recipe import Recipe, Stage, load_recipe
+from .run import last_checkpoint, model_init_kwargs, resolve_model_paths, run_training
 
 
 logger = logging.getLogger(__name__)
@@ -43,8 +45,6 @@ def keys_digest(stage: Stage) -> str:
 def resume_point(stage: Stage, stage_dir: str) -> str | None:
     """What an interrupted stage resumes from: its last complete ``checkpoint-N`` (SPIN: ``"rounds"``, a saved round or
     its pairs); ``None`` when there is nothing to resume."""
-    from .run import last_checkpoint
-
     if not os.path.isdir(stage_dir):
         return None
     if stage.trainer == "spin":
@@ -67,10 +67,9 @@ def previous_model(run, previous_dir: str):
     from trl import get_quantization_config
 
     from ..models import load_model
-    from .run import _model_init_kwargs, resolve_model_paths
 
     resolve_model_paths(run)
-    kwargs = _model_init_kwargs(run.model, run.training)
+    kwargs = model_init_kwargs(run.model, run.training)
     base = load_model(run.model.model_name_or_path, kwargs, run.training,
                       quantization_config=get_quantization_config(run.model))  # fmt: skip
     return PeftModel.from_pretrained(base, previous_dir, is_trainable=True)
@@ -82,9 +81,6 @@ START_FILE = "start.json"
 def run_stage(recipe: Recipe, stage: Stage, previous_dir: str | None, callbacks=None, measure_before=False) -> dict:
     """Train one stage (resuming it when interrupted); returns its summary entry (with ``metrics_before`` when
     ``measure_before``)."""
-    from .arguments import parse_run
-    from .run import run_training
-
     stage_dir = recipe.stage_dir(stage)
     run = parse_run(stage.trainer, stage.keys, where=f"{recipe.path}, stage {stage.name!r}")
     model = previous_model(run, previous_dir) if previous_dir else None

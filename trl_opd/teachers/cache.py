@@ -230,11 +230,11 @@ class TeacherCache:
 
     def check(self, *, tokenizer, rows: int, top_k, temperature: float, max_completion_length, max_prompt_length):
         """Refuse this cache for a run whose settings differ, naming each difference and the fix."""
-        from ..compatibility import _BLOCKING
+        from ..compatibility import BLOCKING_FIELDS
 
         meta, problems = self.meta, []
         here = tokenizer_fingerprint(tokenizer)
-        differing = [key for key in _BLOCKING if here.get(key) != meta.tokenizer.get(key)]
+        differing = [key for key in BLOCKING_FIELDS if here.get(key) != meta.tokenizer.get(key)]
         if differing:
             problems.append(f"it was built with another tokenizer (its {', '.join(differing)} differ)")
         if rows != meta.rows:

@@ -16,27 +16,16 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallba
 from trl import DistillationTrainer as TRLDistillationTrainer
 from trl.models.utils import unwrap_model_for_generation
 
-from ..data import (
-    check_row_types,
-    completion_token_ids,
-    cut_after_first_eos,
-    is_empty_completion,
-    prepare_prompt_completion_dataset,
-)
+from ..data import check_row_types, completion_token_ids, cut_after_first_eos, is_empty_completion
 from ..divergences import LMHead
-from ..models import check_processing_class
 from ..scoring import left_padded
 from ..teachers.cache import row_hash
 from ..teachers.routing import CACHE_ROW_COLUMN, TEACHER_ID_COLUMN
 from .arguments import resolve_args
 from .distillation_config import DistillationConfig
 from .distillation_loss import distillation_loss
-from .guard import FiniteGuardMixin
-from .hooked import HookedTrainerMixin
+from .lifecycle import Completions, DistillationSetUp
 from .mixing import MixedBatch, on_policy_mask
-from .prompts import PromptLengthMixin
-from .resume import ExactResumeMixin
-from .teacher_mixin import TeacherMixin
 
 
 logger = logging.getLogger(__name__)
@@ -53,9 +42,7 @@ _NONFINITE_DIVERGENCE_CAUSE = (
 _EVAL_HINT = "Evaluation with eval_lmbda < 1 trains some rows on dataset completions; set eval_lmbda=1.0 to sample all."
 
 
-class DistillationTrainer(
-    TeacherMixin, HookedTrainerMixin, FiniteGuardMixin, ExactResumeMixin, PromptLengthMixin, TRLDistillationTrainer
-):
+class DistillationTrainer(DistillationSetUp, TRLDistillationTrainer):
     """
     On-policy distillation, and generalized knowledge distillation (Agarwal et al., 2024) with per-sample λ-mixing
     and a λ schedule.
@@ -162,23 +149,33 @@ class DistillationTrainer(
             )
         self._check_teacher_setup(teacher_model, args, eval_dataset)
         self._check_tools(tools, args, eval_dataset)
-        check_processing_class(model, processing_class)
-        needs_completion = args.needs_dataset_completions
-        train_dataset = prepare_prompt_completion_dataset(train_dataset, "train_dataset", needs_completion, _HINT)
-        train_dataset = self._init_hooks(train_dataset, token_importance, prefix_filter, curriculum, success_func)
-        train_dataset = self._index_rows_for_teachers(train_dataset, args, teacher_model)
-        # Checked and converted now; the trainer keeps the datasets as given (as TRL does) and evaluates the converted
+        self._eval_completions = Completions(
+            train=args.needs_dataset_completions, eval=args.eval_lmbda < 1.0, train_hint=_HINT, eval_hint=_EVAL_HINT
+        )
+        hooks = dict(
+            token_importance=token_importance,
+            prefix_filter=prefix_filter,
+            curriculum=curriculum,
+            success_func=success_func,
+        )
+        setup = self._set_up_before_base(
+            model,
+            processing_class,
+            teacher_model,
+            args,
+            train_dataset,
+            eval_dataset,
+            completions=self._eval_completions,
+            hooks=hooks,
+        )
+        # The trainer keeps the evaluation datasets as given (as TRL does) and evaluates their checked and converted
         # copies (`get_eval_dataloader`).
-        self._eval_prepared = self._prepare_eval_datasets(eval_dataset, args)
-
-        # The teacher is prepared here rather than by the parent, whose check of equal `config.vocab_size` refuses
-        # heads padded to different sizes that share a tokenizer (see `shared_vocab_size`).
-        teachers = self._load_teachers(teacher_model, args)
+        self._eval_prepared = self._pair_eval_datasets(eval_dataset, setup.eval_dataset)
         super().__init__(
             model=model,
-            teacher_model=None,
+            teacher_model=None,  # loaded above: the parent's check of equal `config.vocab_size` refuses padded heads
             args=args,
-            train_dataset=train_dataset,
+            train_dataset=setup.train_dataset,
             eval_dataset=eval_dataset,
             processing_class=processing_class,
             callbacks=callbacks,
@@ -191,9 +188,7 @@ class DistillationTrainer(
             raise ValueError(
                 f"trl_opd.{type(self).__name__} supports text models only; use trl.DistillationTrainer for VLMs."
             )
-        self._attach_teachers(teachers, teacher_processing_class, run_backbone=self._run_teacher_backbone)
-        self._init_finite_guard()
-        self.lmbda_schedule = args.lambda_schedule()
+        self._set_up_after_base(setup, teacher_processing_class, run_backbone=self._run_teacher_backbone)
         self.divergence = args.divergence
         self.seq_kd = args.seq_kd
         self._mixed: MixedBatch | None = None  # the generation batch being built
@@ -204,31 +199,22 @@ class DistillationTrainer(
         student's own rollouts only: every row must be on-policy, in training and in evaluation."""
         if not tools:
             return
-        schedule = args.lambda_schedule()
-        always_on_policy = schedule.kind == "constant" and schedule.lmbda == 1.0 and not args.seq_kd
+        always_on_policy = args.lambda_schedule().always_on_policy and not args.seq_kd
         if not always_on_policy or (eval_dataset is not None and args.eval_lmbda < 1.0):
             raise ValueError(
                 "tools= runs TRL's tool-calling loop on the student's own rollouts, so every row must be on-policy: "
-                "set lmbda=1.0 with lmbda_schedule='constant', seq_kd=False (and eval_lmbda=1.0 with an eval_dataset), "
-                "or drop tools."
+                "set lmbda=1.0 (or a schedule that stays at 1), seq_kd=False (and eval_lmbda=1.0 with an "
+                "eval_dataset), or drop tools."
             )
 
     @staticmethod
-    def _prepare_eval_datasets(eval_dataset, args) -> list[tuple[Any, Any]]:
-        """``[(given, prepared)]`` for each evaluation dataset (one, or each value of a dict): the columns checked and
-        ``messages`` converted to ``prompt``/``completion`` (:func:`trl_opd.data.prepare_prompt_completion_dataset`)."""
-        if eval_dataset is None:
+    def _pair_eval_datasets(given, prepared) -> list[tuple[Any, Any]]:
+        """``[(given, prepared)]`` for each evaluation dataset (one, or each value of a dict)."""
+        if given is None:
             return []
-        named = eval_dataset.items() if isinstance(eval_dataset, Mapping) else [(None, eval_dataset)]
-        return [
-            (
-                ds,
-                prepare_prompt_completion_dataset(
-                    ds, "eval_dataset" + (f"[{key!r}]" if key is not None else ""), args.eval_lmbda < 1.0, _EVAL_HINT
-                ),
-            )
-            for key, ds in named
-        ]
+        if isinstance(given, Mapping):
+            return [(given[key], prepared[key]) for key in given]
+        return [(given, prepared)]
 
     def get_eval_dataloader(self, eval_dataset=None):
         """TRL's evaluation loader, over the converted copy of the dataset named or given (see ``__init__``)."""
@@ -239,7 +225,7 @@ class DistillationTrainer(
             return super().get_eval_dataloader(eval_dataset)
         prepared = next((ready for ds, ready in self._eval_prepared if ds is given), None)
         if prepared is None:  # a dataset passed to evaluate() directly
-            ((_, prepared),) = self._prepare_eval_datasets(given, self.args)
+            _, prepared = self._prepare_datasets(None, given, self._eval_completions)
             self._eval_prepared.append((given, prepared))
         return super().get_eval_dataloader(prepared)
 
@@ -253,11 +239,11 @@ class DistillationTrainer(
             raise ValueError("A teacher cache holds one teacher's targets: use it with a single teacher_model.")
         if teacher_model is not None:
             return
-        schedule = args.lambda_schedule()
-        if not (schedule.kind == "constant" and schedule.lmbda == 0.0) or args.seq_kd:
+        if not args.lambda_schedule().always_off_policy or args.seq_kd:
             raise ValueError(
-                "Without teacher_model every row must be served by the teacher cache: that is lmbda=0.0 (constant) "
-                "and seq_kd=False. Pass teacher_model for the on-policy rows of a mixed run."
+                "Without teacher_model every row must be served by the teacher cache: that is λ ≡ 0 (lmbda=0.0 "
+                "(constant), or a schedule that stays at 0) and seq_kd=False. Pass teacher_model for the on-policy "
+                "rows of a mixed run."
             )
         if eval_dataset is not None and args.eval_lmbda > 0.0:
             raise ValueError(
@@ -302,7 +288,7 @@ class DistillationTrainer(
         """λ for the generation batch about to be drawn (training: the schedule at the current step)."""
         if not self.model.training:
             return self.args.eval_lmbda
-        return self.lmbda_schedule.at_step(self.state.global_step, self.state.max_steps)
+        return self.args.lambda_schedule().at_step(self.state.global_step, self.state.max_steps)
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         mode = "train" if self.model.training else "eval"
@@ -496,7 +482,7 @@ class DistillationTrainer(
             temperature=self.loss_temperature,
             vocab_size=self.vocab_size,
             normalizer=normalizer,
-            top_k=self.args.teacher_top_k,
+            top_k=self.teacher_top_k,
             weigh=weigh,
         )
         self._log_teacher_sides(per_side)

@@ -8,11 +8,11 @@ from dataclasses import dataclass, field
 
 from trl import DistillationConfig as TRLDistillationConfig
 
-from ..divergences import DIVERGENCES, check_divergence
-from ..schedules import LMBDA_SCHEDULES, LambdaSchedule
+from ..divergences import DIVERGENCES, check_divergence, reverse_kl_share
+from ..schedules import CONFIG_FIELDS, LMBDA_SCHEDULES, LambdaSchedule
 from .guard import FiniteGuardArguments
 from .prompts import PromptArguments
-from .teacher_args import TeacherArguments, warn_if_top_k_is_unsafe
+from .teacher_args import TeacherArguments
 
 
 @dataclass
@@ -82,14 +82,24 @@ class DistillationConfig(TeacherArguments, PromptArguments, FiniteGuardArguments
     > `use_cpu=True`.
     """
 
+    # The schedule's defaults are LambdaSchedule's own (its class attributes), so they are written once; λ itself
+    # defaults to 1.0 here (on-policy, trl.DistillationConfig) and to LambdaSchedule.lmbda in GKDConfig.
     lmbda: float = field(default=1.0, metadata={"help": "Probability that a row is on-policy (constant schedule)."})
     lmbda_schedule: str = field(
-        default="constant", metadata={"help": f"λ schedule: one of {', '.join(LMBDA_SCHEDULES)}."}
+        default=LambdaSchedule.kind, metadata={"help": f"λ schedule: one of {', '.join(LMBDA_SCHEDULES)}."}
     )
-    lmbda_start: float | None = field(default=None, metadata={"help": "Start of the λ ramp (linear / three_phase)."})
-    lmbda_end: float | None = field(default=None, metadata={"help": "End of the λ ramp (linear / three_phase)."})
-    lmbda_warmup_fraction: float = field(default=0.2, metadata={"help": "three_phase: off-policy fraction."})
-    lmbda_mixed_fraction: float = field(default=0.4, metadata={"help": "three_phase: mixed-ramp fraction."})
+    lmbda_start: float | None = field(
+        default=LambdaSchedule.start, metadata={"help": "Start of the λ ramp (linear / three_phase)."}
+    )
+    lmbda_end: float | None = field(
+        default=LambdaSchedule.end, metadata={"help": "End of the λ ramp (linear / three_phase)."}
+    )
+    lmbda_warmup_fraction: float = field(
+        default=LambdaSchedule.warmup_fraction, metadata={"help": "three_phase: off-policy fraction."}
+    )
+    lmbda_mixed_fraction: float = field(
+        default=LambdaSchedule.mixed_fraction, metadata={"help": "three_phase: mixed-ramp fraction."}
+    )
     seq_kd: bool = field(default=False, metadata={"help": "Off-policy rows use the teacher's generation."})
     mixing_seed: int | None = field(default=None, metadata={"help": "Seed of the per-row coin flips (default: seed)."})
     divergence: str = field(default="jsd", metadata={"help": f"Per-token divergence: one of {', '.join(DIVERGENCES)}."})
@@ -102,8 +112,7 @@ class DistillationConfig(TeacherArguments, PromptArguments, FiniteGuardArguments
     def __post_init__(self):
         super().__post_init__()
         check_divergence(self.divergence, self.beta)
-        reverse_kl_weight = {"rkl": 1.0, "jsd": self.beta}.get(self.divergence, 0.0)
-        warn_if_top_k_is_unsafe(self.teacher_top_k, reverse_kl_weight, f"divergence={self.divergence!r}")
+        self.warn_if_top_k_is_unsafe(self.teacher_top_k)
         if self.loss_temperature is not None and not (
             math.isfinite(self.loss_temperature) and self.loss_temperature > 0
         ):
@@ -113,27 +122,21 @@ class DistillationConfig(TeacherArguments, PromptArguments, FiniteGuardArguments
             )
         if not 0.0 <= self.eval_lmbda <= 1.0:
             raise ValueError(f"eval_lmbda must be in [0, 1], got {self.eval_lmbda}.")
-        self.lambda_schedule()  # validates the schedule fields with messages naming the allowed values
+        # Built once; validates the schedule fields with messages naming the allowed values.
+        self._lambda_schedule = LambdaSchedule.from_config(
+            {name: getattr(self, name) for name in CONFIG_FIELDS.values()}
+        )
         if self.mixing_seed is None:
             self.mixing_seed = self.seed
 
     def lambda_schedule(self) -> LambdaSchedule:
-        """The :class:`~trl_opd.schedules.LambdaSchedule` these fields describe."""
-        three_phase = self.lmbda_schedule == "three_phase"
-        start = self.lmbda_start if self.lmbda_start is not None else (0.3 if three_phase else 0.0)
-        end = self.lmbda_end if self.lmbda_end is not None else (0.7 if three_phase else 1.0)
-        return LambdaSchedule(
-            kind=self.lmbda_schedule,
-            lmbda=self.lmbda,
-            start=start,
-            end=end,
-            warmup_fraction=self.lmbda_warmup_fraction,
-            mixed_fraction=self.lmbda_mixed_fraction,
-        )
+        """The :class:`~trl_opd.schedules.LambdaSchedule` these fields describe (built when the config was)."""
+        return self._lambda_schedule
+
+    def top_k_objective(self) -> tuple[float, str]:
+        return reverse_kl_share(self.divergence, self.beta), f"divergence={self.divergence!r}"
 
     @property
     def needs_dataset_completions(self) -> bool:
         """False when no row ever uses the dataset's completion: λ ≡ 1, or off-policy rows come from the teacher."""
-        schedule = self.lambda_schedule()
-        always_on_policy = schedule.kind == "constant" and schedule.lmbda == 1.0
-        return not (always_on_policy or self.seq_kd)
+        return not (self.lambda_schedule().always_on_policy or self.seq_kd)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..schedules import LambdaSchedule
 from .distillation_config import DistillationConfig
 from .trl_compat import SFTArguments
 
@@ -52,7 +53,9 @@ class GKDConfig(SFTArguments, DistillationConfig):
     """
 
     learning_rate: float = field(default=2e-5, metadata={"help": "The initial learning rate for AdamW."})
-    lmbda: float = field(default=0.5, metadata={"help": "Probability that a row is on-policy (constant schedule)."})
+    lmbda: float = field(
+        default=LambdaSchedule.lmbda, metadata={"help": "Probability that a row is on-policy (constant schedule)."}
+    )
     beta: float = field(default=0.5, metadata={"help": "Generalized JSD interpolation: 0 = FKL, 1 = RKL, 0.5 = JSD."})
     temperature: float = field(default=0.9, metadata={"help": "Sampling temperature of on-policy rows."})
     loss_temperature: float | None = field(

@@ -1,8 +1,9 @@
 """Plumbing shared by every trainer that accepts the stability hooks (TIP, PACED, flawed-prefix rejection).
 
-A trainer mixes :class:`HookedTrainerMixin` in before its TRL base class, calls :meth:`_init_hooks` before the base
-``__init__`` (it adds the ``example_index`` column the curriculum needs), and uses the named helpers where its
-generation and loss happen. Everything each hook does is logged under its own prefix.
+A trainer mixes :class:`HookedTrainerMixin` in before its TRL base class (through
+:class:`trl_opd.trainers.lifecycle.DistillationSetUp`, which calls :meth:`_init_hooks` before the base ``__init__``:
+it adds the ``example_index`` column the curriculum needs), and uses the named helpers where its generation and loss
+happen. Everything each hook does is logged under its own prefix.
 """
 
 from __future__ import annotations

@@ -13,19 +13,13 @@ import torch
 from accelerate.utils import is_peft_model
 from trl import GRPOTrainer
 
-from ..data import prepare_prompt_completion_dataset
 from ..divergences import LMHead, chunked_per_token_divergence, chunked_token_log_probs
-from ..models import check_processing_class
 from ..policy_gradient import minillm_advantages, token_rewards
 from ..scoring import last_hidden_states, left_padded
 from .arguments import resolve_args
-from .guard import FiniteGuardMixin
-from .hooked import HookedTrainerMixin
+from .lifecycle import Completions, DistillationSetUp
 from .minillm_config import MiniLLMConfig
-from .prompts import PromptLengthMixin
-from .resume import ExactResumeMixin
 from .rewards import CheckedReward, checked_reward_funcs
-from .teacher_mixin import TeacherMixin
 
 
 logger = logging.getLogger(__name__)
@@ -39,9 +33,7 @@ def no_external_reward(prompts=None, completions=None, **kwargs) -> list[float]:
     return [0.0] * len(completions)
 
 
-class MiniLLMTrainer(
-    TeacherMixin, HookedTrainerMixin, FiniteGuardMixin, ExactResumeMixin, PromptLengthMixin, GRPOTrainer
-):
+class MiniLLMTrainer(DistillationSetUp, GRPOTrainer):
     """
     MiniLLM (Gu et al., 2024): minimise the sequence-level reverse KL(p_θ ‖ p_T) by policy gradient on the student's own
     samples, with reward extrapolation (verifier rewards, and ExOPD's λ over a reference model).
@@ -118,7 +110,8 @@ class MiniLLMTrainer(
         args = resolve_args(args, MiniLLMConfig, "minillm-output")
         if teacher_model is None:
             raise ValueError("MiniLLMTrainer needs a teacher_model (a path or a PreTrainedModel).")
-        check_processing_class(model, processing_class)
+        if isinstance(teacher_model, Mapping):
+            raise ValueError("MiniLLMTrainer distils from one teacher; pass a path or a model, not a mapping.")
         if reward_funcs is None:
             reward_funcs = []
         elif not isinstance(reward_funcs, list):
@@ -127,20 +120,17 @@ class MiniLLMTrainer(
         reward_funcs = checked_reward_funcs(reward_funcs, lambda quantity, cause: self.nonfinite(quantity, cause))
         if not reward_funcs:
             reward_funcs = [no_external_reward]
-        train_dataset = prepare_prompt_completion_dataset(train_dataset, "train_dataset", needs_completion=False)
-        eval_dataset = prepare_prompt_completion_dataset(eval_dataset, "eval_dataset", needs_completion=False)
-
-        args.teacher_model_revision = getattr(args, "teacher_model_revision", None)
-        if isinstance(teacher_model, Mapping):
-            raise ValueError("MiniLLMTrainer distils from one teacher; pass a path or a model, not a mapping.")
-        teachers = self._load_teachers(teacher_model, args)
-        train_dataset = self._init_hooks(train_dataset, token_importance, prefix_filter)
+        setup = self._set_up_before_base(
+            model, processing_class, teacher_model, args, train_dataset, eval_dataset,
+            completions=Completions(),  # rollouts are the student's own: a `prompt` column suffices
+            hooks=dict(token_importance=token_importance, prefix_filter=prefix_filter),
+        )  # fmt: skip
         super().__init__(
             model=model,
             reward_funcs=reward_funcs,
             args=args,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
+            train_dataset=setup.train_dataset,
+            eval_dataset=setup.eval_dataset,
             processing_class=processing_class,
             reward_processing_classes=reward_processing_classes,
             callbacks=callbacks,
@@ -148,8 +138,7 @@ class MiniLLMTrainer(
             quantization_config=quantization_config,
             peft_config=peft_config,
         )
-        self._attach_teachers(teachers, teacher_processing_class)
-        self._init_finite_guard()
+        self._set_up_after_base(setup, teacher_processing_class)
         self.extrapolation_ref = None
         if args.extrapolation_lambda != 1.0 and not is_peft_model(self.model):
             if ref_model is None:
@@ -383,7 +372,7 @@ class MiniLLMTrainer(
             "rkl",
             temperature=self.temperature,
             vocab_size=self.vocab_size,
-            teacher_top_k=self.args.teacher_top_k,
+            teacher_top_k=self.teacher_top_k,
         )
         mode = "train" if self.model.training else "eval"
         accumulation = self.current_gradient_accumulation_steps if mode == "train" else 1.0

@@ -8,9 +8,10 @@ from typing import Any
 
 from trl import GRPOConfig
 
+from ..divergences import reverse_kl_share
 from .guard import FiniteGuardArguments
 from .prompts import PromptArguments
-from .teacher_args import TeacherArguments, warn_if_top_k_is_unsafe
+from .teacher_args import TeacherArguments
 
 
 BASELINES = ("mean", "none")
@@ -86,6 +87,10 @@ class MiniLLMConfig(TeacherArguments, PromptArguments, FiniteGuardArguments, GRP
     external_reward_coef: float = field(default=1.0, metadata={"help": "β of R = log P_T + β·R_ext."})
     extrapolation_lambda: float = field(default=1.0, metadata={"help": "ExOPD λ over the reference model."})
 
+    def top_k_objective(self) -> tuple[float, str]:
+        # Only the single-step term sees the teacher's top-k bins: it is an exact reverse KL at each prefix.
+        return reverse_kl_share("rkl") if self.single_step else 0.0, "MiniLLM's single-step term (a reverse KL)"
+
     def __post_init__(self):
         super().__post_init__()
         if isinstance(self.teacher_model_init_kwargs, str):
@@ -107,8 +112,7 @@ class MiniLLMConfig(TeacherArguments, PromptArguments, FiniteGuardArguments, GRP
             raise ValueError(
                 f"extrapolation_lambda must be >= 0 (1 = plain reverse KL), got {self.extrapolation_lambda}."
             )
-        if self.single_step:
-            warn_if_top_k_is_unsafe(self.teacher_top_k, 1.0, "MiniLLM's single-step term (a reverse KL)")
+        self.warn_if_top_k_is_unsafe(self.teacher_top_k)
         if self.teacher_cache is not None:
             raise ValueError(
                 "MiniLLM trains on the student's own samples only, so a teacher cache (of dataset completions) has "

@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass, field
 
 from ..compatibility import COMPATIBILITY_CHECKS
+from ..divergences.registry import check_top_k
 
 
 logger = logging.getLogger(__name__)
@@ -54,9 +55,19 @@ class TeacherArguments:
                 f"compatibility_check must be one of {', '.join(map(repr, COMPATIBILITY_CHECKS))}, "
                 f"got {self.compatibility_check!r}."
             )
-        if self.teacher_top_k is not None and self.teacher_top_k < 1:
-            raise ValueError(f"teacher_top_k must be >= 1 or None (the full vocabulary), got {self.teacher_top_k}.")
+        check_top_k(self.teacher_top_k)
         super().__post_init__()
+
+    def top_k_objective(self) -> tuple[float, str]:
+        """``(share, what)``: how much of this trainer's objective is reverse KL (the divergence registry's
+        :func:`~trl_opd.divergences.reverse_kl_share`), and a phrase naming that objective. Overridden per config."""
+        return 0.0, "this objective"
+
+    def warn_if_top_k_is_unsafe(self, teacher_top_k: int | None) -> None:
+        """:func:`warn_if_top_k_is_unsafe` for this config's objective at ``teacher_top_k``: the config calls it with
+        its own value, the trainer with the k a teacher cache brings when the config left it unset."""
+        share, what = self.top_k_objective()
+        warn_if_top_k_is_unsafe(teacher_top_k, share, what)
 
 
 def warn_if_top_k_is_unsafe(teacher_top_k: int | None, reverse_kl_weight: float, what: str) -> None:

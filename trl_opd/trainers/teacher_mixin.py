@@ -1,11 +1,13 @@
 """The teacher plumbing shared by the trainers that distil from one (GKD, MiniLLM).
 
-A trainer mixes :class:`TeacherMixin` in before its TRL base class, loads its teachers with :meth:`_load_teachers`
-before the base ``__init__`` (TRL's own teacher handling would refuse heads padded to different sizes), and calls
-:meth:`_attach_teachers` after it. The mixin then holds ``self.teachers`` (a :class:`trl_opd.teachers.TeacherSet`:
-the live teachers by id and the optional offline cache), ``self.teacher`` and ``self.teacher_model`` (the first live
-teacher and its prepared model, as in TRL's trainers; ``None`` for a cache-only run) and ``self.vocab_size`` (the
-vocabulary every head shares), and offers the student's head and the public evaluation helpers.
+:class:`trl_opd.trainers.lifecycle.DistillationSetUp` calls :meth:`TeacherMixin._load_teachers` before the TRL base
+``__init__`` (TRL's own teacher handling would refuse heads padded to different sizes) and
+:meth:`TeacherMixin._attach_teachers` after it. The mixin then holds ``self.teachers`` (a
+:class:`trl_opd.teachers.TeacherSet`: the live teachers by id and the optional offline cache), ``self.teacher`` and
+``self.teacher_model`` (the first live teacher and its prepared model, as in TRL's trainers; ``None`` for a cache-only
+run), ``self.vocab_size`` (the vocabulary every head shares) and ``self.teacher_top_k`` (the run's k: the config's, or
+the cache's when the config left it unset; the config itself is never rewritten), and offers the student's head and the
+public evaluation helpers.
 """
 
 from __future__ import annotations
@@ -26,10 +28,12 @@ SINGLE_TEACHER = "teacher"
 
 
 class TeacherMixin:
-    """``self.teachers``, ``self.teacher``, ``self.teacher_model``, ``self.vocab_size``; prompt ids; guards."""
+    """``self.teachers``, ``self.teacher``, ``self.teacher_model``, ``self.vocab_size``, ``self.teacher_top_k``; prompt
+    ids; guards."""
 
     teacher: Teacher | None
     teachers: TeacherSet
+    teacher_top_k: int | None
 
     @staticmethod
     def _load_teachers(teacher_model, args) -> dict:
@@ -64,6 +68,7 @@ class TeacherMixin:
                 run_backbone=run_backbone,
             )
         cache = self._open_teacher_cache()
+        self.teacher_top_k = self._run_top_k(cache)
         vocab_sizes = [t.vocab_size for t in teachers.values()]
         suppressed = sorted({i for r in reports.values() for i in r.suppressed_ids})
         if cache is not None:
@@ -98,9 +103,16 @@ class TeacherMixin:
             max_completion_length=self.max_completion_length,
             max_prompt_length=self.args.max_prompt_length,
         )
-        if self.args.teacher_top_k is None:
-            self.args.teacher_top_k = cache.top_k  # the cached targets are top-k: the live rows use the same k
         return cache
+
+    def _run_top_k(self, cache: TeacherCache | None) -> int | None:
+        """The k of this run: the config's ``teacher_top_k``, else the cache's (the cached targets are top-k, so the
+        live rows use the same k). A k that comes from the cache is checked against the objective here, as the config
+        checked its own value (a reverse-KL objective on top-k bins warns)."""
+        if self.args.teacher_top_k is not None or cache is None:
+            return self.args.teacher_top_k
+        self.args.warn_if_top_k_is_unsafe(cache.top_k)
+        return cache.top_k
 
     @staticmethod
     def _index_rows_for_teachers(train_dataset, args, teacher_model):

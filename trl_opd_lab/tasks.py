@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import torch
 from datasets import Dataset
 
-from ..evaluation import sample
-from ..tiny import char_tokenizer, tiny_llama, train_causal_lm
+from trl_opd.evaluation import sample
+from trl_opd.tiny import char_tokenizer, tiny_llama, train_causal_lm
 
 
 def tokenizer():

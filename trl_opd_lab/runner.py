@@ -75,7 +75,7 @@ def run_lab(
 ) -> dict:
     """Run the chosen experiments; returns every raw number (``write_report`` turns it into report.md and PNGs).
 
-    The chain experiments (:data:`~trl_opd.lab.experiments.CHAIN_EXPERIMENTS`) run once per teacher seed
+    The chain experiments (:data:`~trl_opd_lab.experiments.CHAIN_EXPERIMENTS`) run once per teacher seed
     (``seed + t`` for t in ``size.teacher_seeds``; each run carries its ``teacher_seed``), the others once. With
     ``parallel`` (the default on a machine with 2 or more cores) the experiments in ``size.background`` (compounding,
     the longest; with --full also SPIN and TIP, to balance the two) run in a second process while the others run in

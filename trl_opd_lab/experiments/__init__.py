@@ -1,7 +1,7 @@
 """The lab's experiments, one module each, and the registry that drives both the run and the report.
 
 Each module owns its ``run``, its ``verdict``, its report ``section`` (tables and plot) and its run count, and exports
-them as an :class:`~trl_opd.lab.experiments.base.Experiment`. ``EXPERIMENTS`` maps each name to its record, in the
+them as an :class:`~trl_opd_lab.experiments.base.Experiment`. ``EXPERIMENTS`` maps each name to its record, in the
 order the lab runs and reports them. Importing the registry loads no torch (each ``run`` imports what it needs), so
 the command line lists the experiments at once.
 """
@@ -31,7 +31,7 @@ def count_runs(size, experiments) -> int:
 
 
 def __getattr__(name):
-    if name == "RandomTokenImportance":  # its 0.1 import path; it lives in trl_opd.lab.controls (imports torch)
+    if name == "RandomTokenImportance":  # it lives in trl_opd_lab.controls (imports torch)
         from ..controls import RandomTokenImportance
 
         return RandomTokenImportance

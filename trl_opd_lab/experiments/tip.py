@@ -26,7 +26,8 @@ def run(lab, earlier=None, fractions=None, random_fractions=None, seeds=None, st
 
     ``starts``: ``"cold"`` (a fresh student) and, when ``size.tip_warm_steps``, ``"warm"``: the student first trained
     by SFT for ``tip_warm_steps`` steps (SPIN's start), then all tokens, TIP's top 50 % and a random 50 %."""
-    from ...hooks import TokenImportance
+    from trl_opd.hooks import TokenImportance
+
     from ..controls import RandomTokenImportance
 
     size = lab.size
@@ -188,7 +189,7 @@ def section(res, out, results=None):
             "**TIP top f**: TokenImportance(top_fraction) trains only "
             "the share f of each micro-batch's completion tokens with the highest score (1 − H_T / log V) · D (the "
             "tutorial's: teacher confident, student off). **random f**, the control: the same share of tokens, "
-            "chosen uniformly at random (RandomTokenImportance in `trl_opd/lab/controls.py`). Both rescale the "
+            "chosen uniformly at random (RandomTokenImportance in `trl_opd_lab/controls.py`). Both rescale the "
             "kept tokens' weights to mean 1. All tokens is the ablation's (JSD, λ = 1) run. JSD to the teacher is "
             "measured on the student's own samples, outside the trainer. Train seconds: the cost of each setting "
             "(the top-f selection skips the backward pass of the other tokens' head projections)."

@@ -1,4 +1,4 @@
-"""``report.md``, ``results.json`` and one PNG per experiment from :func:`trl_opd.lab.run_lab`'s results.
+"""``report.md``, ``results.json`` and one PNG per experiment from :func:`trl_opd_lab.run_lab`'s results.
 
 Every verdict is computed from the numbers (by each experiment's ``verdict``), never written in advance. The report is
 a pure function of the results: :func:`load_results` reads a ``results.json`` back (older layouts included) so that

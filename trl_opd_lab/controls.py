@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..hooks import TokenImportance
+from trl_opd.hooks import TokenImportance
 
 
 @dataclass

@@ -3,7 +3,7 @@
 Each rule reads one experiment's results and returns one recommendation (or None when that experiment did not run):
 it names the choice the numbers favour, the quality gain and the cost next to it, and says "no clear winner" when
 the difference does not clear 2 standard errors of the per-seed differences
-(:func:`~trl_opd.lab.stats.clearly_above_paired`).
+(:func:`~trl_opd_lab.stats.clearly_above_paired`).
 """
 
 from __future__ import annotations
@@ -181,7 +181,7 @@ def what_to_do(results: dict) -> list[str]:
     return [
         "## What to do",
         "",
-        "Computed from this run's numbers (each rule: `trl_opd/lab/advice.py`); a choice counts as clearly better "
+        "Computed from this run's numbers (each rule: `trl_opd_lab/advice.py`); a choice counts as clearly better "
         "when its mean gain exceeds 2 standard errors of the per-seed differences.",
         "",
         *[f"- {item}" for item in items],
