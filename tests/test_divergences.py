@@ -868,3 +868,34 @@ def test_teacher_zero_probability_gives_finite_exact_values_and_gradients(diverg
 def test_rkl_zero_teacher_hand_value():
     assert zero_teacher_by_hand("rkl") == pytest.approx(42.97513, abs=1e-4)
     assert zero_teacher_by_hand("jsd") == pytest.approx(0.215762, abs=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The registry's facts about each divergence.
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_the_registry_says_how_much_of_each_divergence_is_reverse_kl():
+    from trl_opd.divergences import REGISTRY, reverse_kl_share
+
+    assert [reverse_kl_share(name, 0.25) for name in ("fkl", "rkl", "jsd", "tvd")] == [0.0, 1.0, 0.25, 0.0]
+    assert reverse_kl_share("jsd", 1.0) == 1.0  # TRL's convention: JSD at β = 1 is the reverse KL
+    assert [REGISTRY[name].describe(0.5) for name in DIVERGENCES] == [
+        "forward KL",
+        "reverse KL",
+        "generalized JSD(β = 0.5)",
+        "total variation",
+    ]
+    with pytest.raises(ValueError, match="Unknown divergence 'kl'"):
+        reverse_kl_share("kl")
+
+
+@pytest.mark.parametrize("bad", [0, -1, True, 2.5, "8"])
+def test_one_rule_refuses_a_bad_top_k_in_the_engine_as_in_the_config(bad):
+    from trl_opd.divergences import check_top_k
+
+    with pytest.raises(ValueError, match="teacher_top_k must be a positive integer or None"):
+        check_top_k(bad)
+    hidden, head = torch.randn(3, 8), torch.randn(11, 8)
+    with pytest.raises(ValueError, match="teacher_top_k must be a positive integer or None"):
+        chunked_per_token_divergence(hidden, hidden, head, head, "fkl", teacher_top_k=bad)

@@ -230,3 +230,8 @@ def test_config_builds_its_schedule_once(make_gkd_config):
     assert config.lambda_schedule() is config.lambda_schedule()
     assert config.lambda_schedule() == LambdaSchedule(kind="linear", start=0.0, end=0.0)
     assert config.lambda_schedule().always_off_policy
+    config.lmbda_end = 1.0  # a field assigned after construction is not ignored
+    assert config.lambda_schedule() == LambdaSchedule(kind="linear", start=0.0, end=1.0)
+    config.lmbda_end = 1.5
+    with pytest.raises(ValueError, match=r"end must be in \[0, 1\]"):
+        config.lambda_schedule()

@@ -122,16 +122,18 @@ class DistillationConfig(TeacherArguments, PromptArguments, FiniteGuardArguments
             )
         if not 0.0 <= self.eval_lmbda <= 1.0:
             raise ValueError(f"eval_lmbda must be in [0, 1], got {self.eval_lmbda}.")
-        # Built once; validates the schedule fields with messages naming the allowed values.
-        self._lambda_schedule = LambdaSchedule.from_config(
-            {name: getattr(self, name) for name in CONFIG_FIELDS.values()}
-        )
+        self._lambda_schedule = None
+        self.lambda_schedule()  # validates the schedule fields with messages naming the allowed values
         if self.mixing_seed is None:
             self.mixing_seed = self.seed
 
     def lambda_schedule(self) -> LambdaSchedule:
-        """The :class:`~trl_opd.schedules.LambdaSchedule` these fields describe (built when the config was)."""
-        return self._lambda_schedule
+        """The :class:`~trl_opd.schedules.LambdaSchedule` these fields describe, built when the config is and kept
+        (built again only if one of the ``lmbda*`` fields was assigned since)."""
+        fields_now = {name: getattr(self, name) for name in CONFIG_FIELDS.values()}
+        if self._lambda_schedule is None or self._lambda_schedule[0] != fields_now:
+            self._lambda_schedule = (fields_now, LambdaSchedule.from_config(fields_now))
+        return self._lambda_schedule[1]
 
     def top_k_objective(self) -> tuple[float, str]:
         return reverse_kl_share(self.divergence, self.beta), f"divergence={self.divergence!r}"
