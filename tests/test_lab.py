@@ -3,9 +3,13 @@
 import dataclasses
 import json
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 
+from trl_opd import float_path
 from trl_opd.cli import main
 from trl_opd_lab import SIZES, Lab, advice, count_runs, load_results, write_report
 from trl_opd_lab.experiments import ablation, compounding, modes, schedules, spin, tip
@@ -84,6 +88,8 @@ def test_lab_smoke_end_to_end(tmp_path):
     prov = results["provenance"]
     assert prov["command"].startswith("trl-opd lab --smoke") and prov["torch_threads"] == 1 and prov["cpu"]["model"]
     assert prov["versions"]["torch"] and prov["student_seeds"] == [0] and prov["wall_seconds"] > 0
+    assert prov["float_path"]["pinned"] == float_path.is_pinned(), prov["float_path"]  # the suite's pin, recorded
+    assert ("pinned float path (" in report) == float_path.is_pinned()
     # every schedule setting ran, with a learning curve, and the trainer's logged on-policy share follows λ
     by = {r["setting"]: r for r in results["schedules"]["runs"] if r["task"] == "chain"}
     assert set(by) == {"λ=0", "λ=0.25", "λ=0.5", "λ=0.75", "λ=1", "linear", "three_phase"}
@@ -99,6 +105,32 @@ def test_lab_smoke_end_to_end(tmp_path):
     assert len(results["modes"]["runs"]) == 4 and all(
         math.isclose(r["mode_1"] + r["mode_2"] + r["between"], 1.0, abs_tol=1e-5) for r in results["modes"]["runs"]
     )
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not float_path.cpu_has_avx2(), reason="the pinned path needs an x86-64 CPU with AVX2")
+@pytest.mark.parametrize("native", [False, True], ids=["pinned", "native"])
+def test_lab_command_pins_the_float_path_unless_asked_not_to(tmp_path, native):
+    """`trl-opd lab` in a fresh process with none of the pin's variables set: it pins them before torch loads and
+    records the path; `--native-float` leaves the processor's own kernels."""
+    env = {k: v for k, v in os.environ.items() if k not in float_path.PINNED}
+    command = [
+        sys.executable,
+        "-m",
+        "trl_opd.cli",
+        "lab",
+        "--smoke",
+        "--experiments",
+        "modes",
+        "--output",
+        str(tmp_path),
+    ]
+    subprocess.run(command + ["--native-float"] * native, env=env, check=True, capture_output=True)
+    path = json.loads((tmp_path / "results.json").read_text())["provenance"]["float_path"]
+    assert path["pinned"] is not native, path
+    assert path["variables"]["ATEN_CPU_CAPABILITY"] == (None if native else "avx2"), path
+    if not native:
+        assert path["torch_cpu_capability"] == "AVX2" and path["variables"]["MKL_CBWR"] == "AVX2", path
 
 
 def test_report_rerenders_from_results_json_without_changing_it(tmp_path):
@@ -207,14 +239,21 @@ def test_conclusion_off_policy_students_keep_erring_after_a_slip(compounding_run
 
 
 @pytest.mark.slow
-def test_conclusion_ablation_lambda_matters_more_than_divergence(labs):
-    """λ ∈ {0, 1} × {FKL, JSD} at T = 10 and 150 steps, for each teacher seed: the main effect of λ exceeds the
-    divergence's (written at 0.35-0.39 against 0.00-0.08). At this budget λ = 0 has barely trained (token error
-    0.43-0.72), which is what the λ effect measures: the same steps teach an on-policy student far more."""
+def test_conclusion_ablation_on_policy_rescues_jsd(labs):
+    """λ ∈ {0, 1} × {FKL, JSD} at T = 10 and 150 steps, for each teacher seed: with JSD (β = 0.5) the on-policy
+    student ends far below the off-policy one (written at 0.34-0.62 lower on the pinned float path, both teachers).
+
+    Not asserted: "λ matters more than the divergence" (the tutorial's claim, the lab's verdict). It held by 0.35-0.39
+    against 0.00-0.08 on the native AVX-512 path and failed on the AVX2 path (teacher seed 1: 0.097 against 0.042):
+    at 150 steps the off-policy FKL student is still on the steep part of its learning curve, so the λ effect there
+    measures a speed that moves with the float path, and off-policy JSD barely trains at all (an interaction, not a
+    main effect). docs/lab.md reports the verdict per float path."""
+    off, on = [], []
     for lab in labs:
         runs = ablation.run(lab, lambdas=(0.0, 1.0), divergences=("fkl", "jsd"))["runs"]
-        lam_effect, div_effect = ablation.main_effects(runs)
-        assert lam_effect > div_effect + 0.15, (lab.seed, lam_effect, div_effect)
+        off += ablation.cell(runs, "jsd", 0.0, "token_error")
+        on += ablation.cell(runs, "jsd", 1.0, "token_error")
+    assert clearly_above_paired(off, on, k=2, floor=0.2), (off, on)
 
 
 def test_verdicts_are_computed_from_the_numbers():
@@ -250,14 +289,19 @@ def test_tip_verdict_compares_the_selection_with_all_tokens_and_with_random():
 
 
 @pytest.mark.slow
-def test_conclusion_sft_at_equal_steps_beats_spin(labs):
-    """SPIN (3 rounds of 40 DPO steps) from the 300-step SFT start, against plain SFT continued for the same 120
-    steps, seeds 0-2: continued SFT ends lower on every seed (written at 0.04, 0.06, 0.01 lower). SPIN's own gain
-    over its start is not asserted: +0.07, +0.06, +0.05 and -0.02 on seeds 0-3, near sampling noise."""
+def test_conclusion_spin_does_not_beat_sft_at_equal_steps(labs):
+    """SPIN (3 rounds of 40 DPO steps) from the 300-step SFT start, against the same start trained on by plain SFT for
+    the same 120 steps at SPIN's learning rate (only the objective differs), seeds 0-2: SPIN does not end clearly
+    below SFT (2 standard errors of the paired differences and 0.01).
+
+    Written at SPIN − SFT = +0.026, +0.019, +0.008 on the pinned float path (SFT clearly better) and +0.029, −0.002,
+    −0.024 on the native AVX-512 path (no clear difference): "SFT beats SPIN" depends on the float path and is not
+    asserted; that SPIN does not pay over SFT holds on both. SPIN's own gain over its start is not asserted either
+    (positive on every seed on one path, negative on two of five on the other)."""
     runs = spin.run(labs[0], seeds=[0, 1, 2], rounds=3)["runs"]
     spin_final = [r["rounds"][-1]["token_error"] for r in runs]
     sft = [r["sft_control"]["token_error"] for r in runs]
-    assert clearly_above_paired(spin_final, sft, k=2, floor=0.01), (spin_final, sft)
+    assert not clearly_above_paired(sft, spin_final, k=2, floor=0.01), (spin_final, sft)
 
 
 @pytest.mark.slow

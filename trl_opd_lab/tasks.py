@@ -171,21 +171,23 @@ def sample_texts(
     model, tok, prompts: list[str], max_new_tokens: int, n_per_prompt: int, seed: int, greedy: bool = False
 ) -> tuple[list, list]:
     """``n_per_prompt`` completions per prompt at temperature 1 (decoded without special tokens); ``greedy``: one
-    argmax completion per prompt instead."""
+    argmax completion per prompt instead. The draw is seeded by ``seed`` under a forked random state, so an evaluation
+    in the middle of training (a learning curve) leaves the training's own random stream where it was."""
     if greedy:
         n_per_prompt = 1
     all_prompts = [p for p in prompts for _ in range(n_per_prompt)]
     ids = [tok(p, add_special_tokens=False)["input_ids"] for p in all_prompts]
-    torch.manual_seed(seed)
-    out = sample(
-        model,
-        ids,
-        pad_token_id=tok.pad_token_id,
-        eos_token_ids=[tok.eos_token_id],
-        max_new_tokens=max_new_tokens,
-        min_new_tokens=max_new_tokens,
-        **({"do_sample": False} if greedy else {"do_sample": True, "temperature": 1.0, "top_k": 0}),
-    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        out = sample(
+            model,
+            ids,
+            pad_token_id=tok.pad_token_id,
+            eos_token_ids=[tok.eos_token_id],
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=max_new_tokens,
+            **({"do_sample": False} if greedy else {"do_sample": True, "temperature": 1.0, "top_k": 0}),
+        )
     return all_prompts, tok.batch_decode(out, skip_special_tokens=True)
 
 
