@@ -149,7 +149,7 @@ class DistillationTrainer(DistillationSetUp, TRLDistillationTrainer):
             )
         self._check_teacher_setup(teacher_model, args, eval_dataset)
         self._check_tools(tools, args, eval_dataset)
-        self._eval_completions = Completions(
+        self._completions = Completions(
             train=args.needs_dataset_completions, eval=args.eval_lmbda < 1.0, train_hint=_HINT, eval_hint=_EVAL_HINT
         )
         hooks = dict(
@@ -165,7 +165,7 @@ class DistillationTrainer(DistillationSetUp, TRLDistillationTrainer):
             args,
             train_dataset,
             eval_dataset,
-            completions=self._eval_completions,
+            completions=self._completions,
             hooks=hooks,
         )
         # The trainer keeps the evaluation datasets as given (as TRL does) and evaluates their checked and converted
@@ -225,7 +225,7 @@ class DistillationTrainer(DistillationSetUp, TRLDistillationTrainer):
             return super().get_eval_dataloader(eval_dataset)
         prepared = next((ready for ds, ready in self._eval_prepared if ds is given), None)
         if prepared is None:  # a dataset passed to evaluate() directly
-            _, prepared = self._prepare_datasets(None, given, self._eval_completions)
+            _, prepared = self._prepare_datasets(None, given, self._completions)
             self._eval_prepared.append((given, prepared))
         return super().get_eval_dataloader(prepared)
 

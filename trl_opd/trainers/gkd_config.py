@@ -37,8 +37,8 @@ class GKDConfig(SFTArguments, DistillationConfig):
             Temperature of the logits in the loss: 1.0 as in TRL's experimental GKD (set `None` to use `temperature`).
         max_new_tokens (`int`, *optional*, defaults to `128`):
             Maximum number of tokens generated per completion; the same setting as `max_completion_length` (give
-            either; they are kept equal, and giving both with different values is refused). Off-policy completions
-            are cut to it as well.
+            either; they are kept equal; both given with different values are refused, unless `max_new_tokens` is
+            left at 128). Off-policy completions are cut to it as well.
         learning_rate (`float`, *optional*, defaults to `2e-5`):
             As TRL's experimental `GKDConfig` (from `SFTConfig`); [`DistillationConfig`] defaults to `1e-6` as TRL's.
         disable_dropout (`bool`, *optional*, defaults to `True`):
@@ -61,21 +61,23 @@ class GKDConfig(SFTArguments, DistillationConfig):
     loss_temperature: float | None = field(
         default=1.0, metadata={"help": "Temperature of the logits in the loss (None: the sampling temperature)."}
     )
-    max_new_tokens: int | None = field(
-        default=None, metadata={"help": "Max tokens per completion (default 128; same as max_completion_length)."}
+    max_new_tokens: int = field(
+        default=DEFAULT_MAX_NEW_TOKENS, metadata={"help": "Max tokens per completion (same as max_completion_length)."}
     )
     max_completion_length: int | None = field(
-        default=None, metadata={"help": "Max tokens per completion (default 128; same as max_new_tokens)."}
+        default=None, metadata={"help": "Max tokens per completion (default: max_new_tokens)."}
     )
     disable_dropout: bool = field(default=True, metadata={"help": "Disable dropout in the student."})
     eval_lmbda: float = field(default=0.0, metadata={"help": "λ during evaluation (0: the dataset's completions)."})
 
     def __post_init__(self):
-        given = {v for v in (self.max_new_tokens, self.max_completion_length) if v is not None}
-        if len(given) > 1:
+        if self.max_completion_length is None:
+            self.max_completion_length = self.max_new_tokens
+        elif self.max_new_tokens == DEFAULT_MAX_NEW_TOKENS:  # left at its default: max_completion_length was given
+            self.max_new_tokens = self.max_completion_length
+        elif self.max_new_tokens != self.max_completion_length:
             raise ValueError(
                 f"max_new_tokens={self.max_new_tokens} and max_completion_length={self.max_completion_length} are the "
                 "same setting (tokens generated per completion); give one of them."
             )
-        self.max_new_tokens = self.max_completion_length = given.pop() if given else DEFAULT_MAX_NEW_TOKENS
         super().__post_init__()
