@@ -20,7 +20,7 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 import torch  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
-from trl_opd import GKDConfig, GKDTrainer  # noqa: E402
+from trl_opd import DistillationConfig, GKDTrainer  # noqa: E402
 from trl_opd.assets import pruned_student_dir, reasoning_gym_dataset, smollm2_teacher_dir  # noqa: E402
 
 
@@ -42,7 +42,8 @@ def main():
         teacher_model=AutoModelForCausalLM.from_pretrained(teacher_dir),
         processing_class=tokenizer,
         train_dataset=data,
-        args=GKDConfig(
+        args=DistillationConfig(
+            beta=0.5,
             output_dir="/tmp/bench-generation",
             lmbda=1.0,
             max_completion_length=args.new_tokens,

@@ -28,13 +28,13 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback  # n
 
 torch.set_num_threads(1)
 
-from trl_opd import GKDConfig, GKDTrainer  # noqa: E402
+from trl_opd import DistillationConfig, GKDTrainer  # noqa: E402
 from trl_opd.hooks import FlawedPrefixFilter, TokenImportance  # noqa: E402
 from trl_opd.tiny import addition_dataset, char_tokenizer, tiny_llama, train_causal_lm  # noqa: E402
 
 
 def config(out, steps, seed):
-    return GKDConfig(
+    return DistillationConfig(
         output_dir=out,
         max_steps=steps,
         per_device_train_batch_size=8,

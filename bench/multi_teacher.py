@@ -15,7 +15,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402
 
-from trl_opd import GKDConfig, GKDTrainer  # noqa: E402
+from trl_opd import DistillationConfig, GKDTrainer  # noqa: E402
 from trl_opd.tiny import addition_dataset, char_tokenizer, tiny_llama  # noqa: E402
 
 
@@ -23,7 +23,8 @@ def main():
     torch.set_num_threads(1)
     tok = char_tokenizer()
     data = addition_dataset().map(lambda _, i: {"teacher_id": "twin" if i % 2 else "other"}, with_indices=True)
-    args = GKDConfig(
+    args = DistillationConfig(
+        beta=0.5,
         output_dir="/tmp/bench-multi-teacher",
         max_steps=3,
         per_device_train_batch_size=8,

@@ -76,7 +76,7 @@ def step(args, config: str) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
-    from trl_opd import GKDConfig, GKDTrainer
+    from trl_opd import DistillationConfig, GKDTrainer
     from trl_opd.assets import pruned_student_dir, smollm2_teacher_dir
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -98,7 +98,7 @@ def step(args, config: str) -> dict:
             self.times.append(time.perf_counter() - self.start)
 
     timer = StepTimer()
-    config_args = GKDConfig(
+    config_args = DistillationConfig(
         output_dir="/tmp/bench-teacher-cache",
         max_steps=args.steps,
         per_device_train_batch_size=4,

@@ -101,7 +101,7 @@ def train(args, tokenizer, student_dir, teacher):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from trl_opd import GKDConfig, GKDTrainer
+    from trl_opd import DistillationConfig, GKDTrainer
     from trl_opd.assets import reasoning_gym_dataset
 
     train_data = reasoning_gym_dataset("basic_arithmetic", size=64, seed=0)
@@ -119,7 +119,7 @@ def train(args, tokenizer, student_dir, teacher):
     print("|---|---|---|---|---|---|")
     for k in (None, args.train_k):
         student = AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.float32)
-        config = GKDConfig(
+        config = DistillationConfig(
             output_dir="/tmp/bench-topk",
             max_steps=args.train_steps,
             per_device_train_batch_size=4,

@@ -54,6 +54,8 @@ def main():
         per_device_train_batch_size=4,
         per_device_eval_batch_size=8,
         max_completion_length=64,
+        temperature=1.0,  # sample from the student's own distribution (GKDConfig's TRL default is 0.9)
+        eval_lmbda=1.0,  # score the student's own samples (GKDConfig's TRL default 0.0 scores the dataset's)
         learning_rate=2e-5,
         logging_steps=1,
         save_strategy="no",

@@ -252,7 +252,7 @@ def run(args: argparse.Namespace) -> dict:
     from peft import LoraConfig
 
     import trl_opd.trainers.distillation_loss as loss_module  # where GKDTrainer calls the fused chunked loss
-    from trl_opd import GKDConfig, GKDTrainer
+    from trl_opd import DistillationConfig, GKDTrainer
 
     cuda = torch.cuda.is_available()
     if not cuda and not args.tiny:
@@ -305,7 +305,7 @@ def run(args: argparse.Namespace) -> dict:
         for _ in range(n_rows)
     ]
     dataset = Dataset.from_dict({"prompt": prompts})
-    config = GKDConfig(
+    config = DistillationConfig(
         output_dir=str(Path(tempfile.gettempdir()) / "trl-opd-gpu-check-out"),
         per_device_train_batch_size=args.batch,
         gradient_accumulation_steps=args.grad_accum,

@@ -58,7 +58,7 @@ LABELS = {
     "trl": "`trl.DistillationTrainer`",
     "teacher": "teacher (reference)",
 }
-#: (name, budget fraction, GKDConfig overrides) of the pipeline's stages.
+#: (name, budget fraction, DistillationConfig overrides) of the pipeline's stages.
 PIPELINE = (
     ("warmup", 0.25, {"lmbda": 0.0}),
     ("ramp", 0.5, {"lmbda_schedule": "linear", "lmbda_start": 0.3, "lmbda_end": 0.7}),
@@ -214,7 +214,7 @@ def common_args(args, seed: int, steps: int, output_dir: Path) -> dict:
 
 
 def row_stages(row: str, total: int) -> list[tuple[dict, int]]:
-    """The (GKDConfig overrides, optimizer steps) of each stage of a trl_opd row; one stage except the pipeline."""
+    """The (DistillationConfig overrides, optimizer steps) of each stage of a trl_opd row (one but the pipeline)."""
     if row == "pipeline":
         steps = stage_steps(total, [fraction for _, fraction, _ in PIPELINE])
         return [(overrides, n) for (_, _, overrides), n in zip(PIPELINE, steps, strict=True)]
@@ -227,9 +227,10 @@ def train(row: str, seed: int, args, student, teacher, tokenizer, train_dataset,
     Each stage of the pipeline is a new trl_opd ``GKDTrainer`` on the previous stage's model (the weights carry on;
     the optimizer state starts afresh, as it does when a stage starts from a saved folder).
     """
-    from trl import DistillationConfig, DistillationTrainer
+    from trl import DistillationConfig as TRLDistillationConfig
+    from trl import DistillationTrainer
 
-    from trl_opd import GKDConfig, GKDTrainer
+    from trl_opd import DistillationConfig, GKDTrainer
 
     model, seconds, taken = student, 0.0, 0
     if row == "trl":
@@ -242,7 +243,7 @@ def train(row: str, seed: int, args, student, teacher, tokenizer, train_dataset,
             trainer = DistillationTrainer(
                 model=model,
                 teacher_model=teacher,
-                args=DistillationConfig(**(common | {"beta": args.trl_beta})),
+                args=TRLDistillationConfig(**(common | {"beta": args.trl_beta})),
                 train_dataset=train_dataset.select_columns(["prompt"]),
                 processing_class=tokenizer,
             )
@@ -250,7 +251,7 @@ def train(row: str, seed: int, args, student, teacher, tokenizer, train_dataset,
             trainer = GKDTrainer(
                 model=model,
                 teacher_model=teacher,
-                args=GKDConfig(**common, divergence="jsd", **overrides),
+                args=DistillationConfig(beta=0.5, **common, divergence="jsd", **overrides),
                 train_dataset=train_dataset,
                 processing_class=tokenizer,
             )

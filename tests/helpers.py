@@ -1,6 +1,7 @@
-"""Shared test helpers: GKD and MiniLLM configs for CPU runs, and their trainers on tiny models."""
+"""Shared test helpers: a CPU DistillationConfig with λ = β = 0.5 (trl-opd 0.1's GKDConfig) and a MiniLLM config, and
+their trainers on tiny models."""
 
-from trl_opd import GKDConfig, GKDTrainer, MiniLLMConfig, MiniLLMTrainer
+from trl_opd import DistillationConfig, GKDTrainer, MiniLLMConfig, MiniLLMTrainer
 from trl_opd.tiny import tiny_llama
 
 
@@ -25,10 +26,12 @@ def make_config(tmp_path, **overrides):
         max_steps=2,
         max_completion_length=6,
         learning_rate=1e-3,
+        lmbda=0.5,
+        beta=0.5,
         **CPU_TRAINING_ARGS,
     )
     values.update(overrides)
-    return GKDConfig(**values)
+    return DistillationConfig(**values)
 
 
 HOOK_ARGUMENTS = ("token_importance", "prefix_filter", "curriculum", "success_func")

@@ -227,14 +227,26 @@ def test_config_and_input_errors(tmp_path, tok, dataset, teacher):
         )
 
 
-def test_right_padding_is_refused(tmp_path, dataset, teacher):
+def test_right_padded_tokenizer_is_accepted_and_prompts_are_left_padded(tmp_path, dataset, teacher):
+    # As TRL's GRPOTrainer: prompts are left-padded for generation whatever the tokenizer's padding_side.
     tok = char_tokenizer()
     tok.padding_side = "right"
-    with pytest.raises(ValueError, match="padding_side = 'left'"):
-        MiniLLMTrainer(
-            model=tiny_llama(len(tok), tokenizer=tok),
-            teacher_model=teacher,
-            args=config(tmp_path),
-            train_dataset=dataset,
-            processing_class=tok,
-        )
+    trainer = MiniLLMTrainer(
+        model=tiny_llama(len(tok), tokenizer=tok),
+        teacher_model=teacher,
+        args=config(tmp_path),
+        train_dataset=dataset,
+        processing_class=tok,
+    )
+    seen = []
+    original = trainer.model.generate
+
+    def recording_generate(*args, **kwargs):
+        seen.append(kwargs["attention_mask"].clone())
+        return original(*args, **kwargs)
+
+    trainer.model.generate = recording_generate
+    trainer.model.train()
+    trainer._generate_and_score_completions([{"prompt": "1+1="}, {"prompt": "12+13="}] * 2)
+    assert seen[0][0, 0] == 0 and seen[0][0, -1] == 1  # the short prompt is padded on the left
+    assert tok.padding_side == "right"

@@ -1,6 +1,8 @@
 """trl-opd: on-policy distillation for Hugging Face TRL.
 
-Public names: :class:`GKDConfig` / :class:`GKDTrainer` (λ-mixed generalized KD), :class:`MiniLLMConfig` /
+Public names: :class:`DistillationConfig` / :class:`DistillationTrainer` (the drop-in for ``trl.DistillationTrainer``:
+on-policy by default, λ-mixing and the rest opt-in), :class:`GKDConfig` / :class:`GKDTrainer` (the same engine as the
+drop-in for TRL's experimental ``GKDTrainer``), :class:`MiniLLMConfig` /
 :class:`MiniLLMTrainer` (reverse KL as policy gradient), :class:`SPINConfig` / :class:`SPINTrainer` (self-play
 rounds), the divergence library :mod:`trl_opd.divergences`, λ schedules :mod:`trl_opd.schedules`, and the hooks
 :class:`TokenImportance`, :class:`PacedCurriculum`, :class:`FlawedPrefixFilter` (:mod:`trl_opd.hooks`).
@@ -14,7 +16,17 @@ import importlib
 
 _LAZY = {
     **dict.fromkeys(
-        ("GKDConfig", "GKDTrainer", "MiniLLMConfig", "MiniLLMTrainer", "SPINConfig", "SPINTrainer"), ".trainers"
+        (
+            "DistillationConfig",
+            "DistillationTrainer",
+            "GKDConfig",
+            "GKDTrainer",
+            "MiniLLMConfig",
+            "MiniLLMTrainer",
+            "SPINConfig",
+            "SPINTrainer",
+        ),
+        ".trainers",
     ),
     **dict.fromkeys(("FlawedPrefixFilter", "PacedCurriculum", "TokenImportance"), ".hooks"),
     **dict.fromkeys(("chunked_per_token_divergence", "per_token_divergence"), ".divergences"),

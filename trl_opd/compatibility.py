@@ -53,6 +53,8 @@ class CompatibilityReport:
     facts: dict[str, Any] = field(default_factory=dict)
     shared_vocab_size: int | None = None
     suppressed_ids: list[int] = field(default_factory=list)
+    #: Rows of the student's and the teacher's heads (their logit ``vocab_size``).
+    vocab_sizes: tuple[int, int] | None = None
 
     @property
     def errors(self) -> list[Problem]:
@@ -73,9 +75,17 @@ class CompatibilityReport:
                 logger.warning("Teacher/student compatibility%s: %s", of, problem)
         if self.errors and mode == "error":
             listed = "\n".join(f"  - {p.what} Fix: {p.fix}" for p in self.errors)
+            sizes = ""
+            if self.vocab_sizes is not None and self.vocab_sizes[0] != self.vocab_sizes[1]:
+                # TRL's own words for this refusal, which its users and tests match on.
+                sizes = "The student model has vocab_size {} but the teacher model has vocab_size {}.\n".format(
+                    *self.vocab_sizes
+                )
             raise ValueError(
-                f"{who} cannot teach this student:\n{listed}\n(`trl-opd check --student S --teacher T` prints "
-                "the full report; compatibility_check='warn' trains anyway.)"
+                f"{who} cannot teach this student:
+{sizes}{listed}
+(`trl-opd check --student S --teacher T` "
+                "prints the full report; compatibility_check='warn' trains anyway.)"
             )
 
     def format(self) -> str:
@@ -264,6 +274,7 @@ def check_compatibility(student, teacher, tokenizer, teacher_tokenizer=None) -> 
         report.problems += compare_tokenizers(tokenizer, other)
     student_rows, teacher_rows = head_rows_of(student), head_rows_of(teacher)
     report.facts["head rows (student/teacher)"] = f"{student_rows} / {teacher_rows}"
+    report.vocab_sizes = (student_rows, teacher_rows)
     shared, suppressed, problems = compare_heads(student_rows, teacher_rows, len(tokenizer))
     report.shared_vocab_size, report.suppressed_ids = shared, suppressed
     report.facts["shared vocabulary"] = shared

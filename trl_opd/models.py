@@ -86,15 +86,6 @@ def check_processing_class(model, processing_class) -> None:
         )
 
 
-def check_left_padding(processing_class) -> None:
-    """Generation batches prompts with left padding: refuse a tokenizer set to pad on the right, naming the fix."""
-    if processing_class is not None and getattr(processing_class, "padding_side", "left") != "left":
-        raise ValueError(
-            f"The tokenizer pads on the {processing_class.padding_side!r}; generation needs left padding. Load it "
-            "with AutoTokenizer.from_pretrained(path, padding_side='left') or set tokenizer.padding_side = 'left'."
-        )
-
-
 def head_rows(model: PreTrainedModel) -> int:
     """Number of rows of the model's output embedding (its logit vocabulary)."""
     return model.get_output_embeddings().weight.shape[0]

@@ -144,14 +144,14 @@ class Lab:
         ``schedule``: GKDConfig's λ-schedule fields (e.g. ``{"lmbda_schedule": "three_phase"}``; ``lmbda`` is then
         unused unless the schedule is constant). ``curve_every``: record a learning curve (``record["curve"]``,
         :class:`LearningCurve`). ``task``/``teacher``: another chain task and its teacher (default: the lab's)."""
-        from trl_opd import GKDConfig, GKDTrainer
+        from trl_opd import DistillationConfig, GKDTrainer
 
         task = task or self.chain
         teacher = teacher or self.chain_teacher()
         batch = batch or self.size.gkd_batch
         dataset = task.dataset(T, repeat=max(1, -(-4 * batch // 20)))
         with tempfile.TemporaryDirectory() as out:
-            args = GKDConfig(
+            args = DistillationConfig(
                 **training_args(
                     out,
                     seed,

@@ -15,14 +15,16 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
-from trl_opd import GKDConfig, GKDTrainer  # noqa: E402
+from trl_opd import DistillationConfig, GKDTrainer  # noqa: E402
 from trl_opd.tiny import addition_dataset, char_tokenizer, tiny_llama  # noqa: E402
 
 
 def main(out: str, global_batch: int = 8, steps: int = 3) -> None:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     tok = char_tokenizer()
-    args = GKDConfig(
+    args = DistillationConfig(
+        lmbda=0.5,
+        beta=0.5,
         output_dir=os.path.dirname(out),
         per_device_train_batch_size=global_batch // world,
         max_steps=steps,

@@ -11,7 +11,8 @@ trainer's default, from the committed field list):
 * ``lora_rank``, ``lora_targets``, ``lora_dropout``: ``lora_r`` (0 without ``use_peft``), ``lora_target_modules``
   (``all-linear`` = every linear layer), ``lora_dropout``;
 * ``per_device_batch_size``, ``gradient_accumulation_steps``: ``per_device_train_batch_size``, the same name;
-* ``prompt_length``, ``completion_length``: ``max_prompt_length`` (512 when unset), ``max_completion_length``;
+* ``prompt_length``, ``completion_length``: ``max_prompt_length`` (512 when unset), ``max_completion_length``
+  (GKDConfig's ``max_new_tokens`` when it is unset);
 * ``gradient_checkpointing``: the same name; ``optimizer``: ``optim`` with ``8bit`` in it → ``adamw_8bit``;
 * ``divergence``: ``divergence`` (GKD); ``rkl`` for MiniLLM (planned as on-policy GKD with RKL);
 * ``generation_backend``, ``vllm_gpu_memory_utilization``: ``use_vllm`` + ``vllm_mode`` (colocate → vllm, server →
@@ -106,7 +107,7 @@ def training_plan(trainer: str, keys: dict):
         per_device_batch_size=int(get("per_device_train_batch_size")),
         gradient_accumulation_steps=int(get("gradient_accumulation_steps")),
         prompt_length=int(keys.get("max_prompt_length") or 512),
-        completion_length=int(get("max_completion_length")),
+        completion_length=int(get("max_completion_length") or get("max_new_tokens")),  # GKDConfig: either names it
         gradient_checkpointing=bool(get("gradient_checkpointing")),
         optimizer="adamw_8bit" if "8bit" in str(get("optim")) else "adamw",
         divergence="rkl" if trainer == "minillm" else get("divergence"),

@@ -1,126 +1,83 @@
-"""Configuration of :class:`trl_opd.GKDTrainer`: TRL's ``DistillationConfig`` plus λ-mixing and the divergence."""
+"""Configuration of :class:`trl_opd.GKDTrainer`: the engine's config with TRL's experimental ``GKDConfig`` defaults."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from trl import DistillationConfig
+from ..schedules import LambdaSchedule
+from .distillation_config import DistillationConfig
+from .trl_compat import SFTArguments
 
-from ..divergences import DIVERGENCES, check_divergence, reverse_kl_share
-from ..schedules import CONFIG_FIELDS, LMBDA_SCHEDULES, LambdaSchedule
-from .guard import FiniteGuardArguments
-from .prompts import PromptArguments
-from .teacher_args import TeacherArguments
+
+#: ``max_new_tokens`` when neither it nor ``max_completion_length`` is given (TRL's experimental ``GKDConfig``).
+DEFAULT_MAX_NEW_TOKENS = 128
 
 
 @dataclass
-class GKDConfig(TeacherArguments, PromptArguments, FiniteGuardArguments, DistillationConfig):
+class GKDConfig(SFTArguments, DistillationConfig):
     r"""
-    Configuration class for [`GKDTrainer`]: generalized knowledge distillation with per-sample λ-mixing.
+    Configuration class for [`GKDTrainer`]: a drop-in for `trl.experimental.gkd.GKDConfig`.
 
-    Extends [`trl.DistillationConfig`] (all of whose parameters apply: generation, vLLM, logging, ...). Each training
-    row is *on-policy* (the student samples its completion) with probability λ, otherwise *off-policy* (the dataset's
-    completion, or the teacher's own generation with `seq_kd=True`). λ follows `lmbda_schedule` over training.
+    The same fields and defaults as TRL's experimental `GKDConfig` (λ = 0.5 per-sample mixing, β = 0.5, sampling
+    temperature 0.9 applied to sampling only, `max_new_tokens=128`, dropout disabled, its `SFTConfig` fields), on the
+    engine of [`DistillationConfig`], every parameter of which applies (λ schedules, divergences, top-k, teacher cache,
+    guards; all opt-in). The differences from TRL's are listed in docs/migrating.md.
 
     Parameters:
-        > Parameters that control the sampling mixture
+        > Parameters whose defaults differ from [`DistillationConfig`]
 
         lmbda (`float`, *optional*, defaults to `0.5`):
-            Probability that a row is on-policy, for `lmbda_schedule="constant"`. `0.0` is pure off-policy
-            (supervised KD), `1.0` pure on-policy (then the dataset needs no `completion` column).
-        lmbda_schedule (`str`, *optional*, defaults to `"constant"`):
-            How λ evolves with progress s = step / max_steps: `"constant"` (λ = `lmbda`), `"linear"` (from
-            `lmbda_start` to `lmbda_end`), or `"three_phase"` (λ = 0 for the first `lmbda_warmup_fraction` of training,
-            a linear ramp from `lmbda_start` to `lmbda_end` over the next `lmbda_mixed_fraction`, then λ = 1).
-        lmbda_start (`float`, *optional*):
-            Start of the linear ramp. Defaults to `0.0` for `"linear"` and `0.3` for `"three_phase"`.
-        lmbda_end (`float`, *optional*):
-            End of the linear ramp. Defaults to `1.0` for `"linear"` and `0.7` for `"three_phase"`.
-        lmbda_warmup_fraction (`float`, *optional*, defaults to `0.2`):
-            Fraction of training spent off-policy (λ = 0) by `"three_phase"`.
-        lmbda_mixed_fraction (`float`, *optional*, defaults to `0.4`):
-            Fraction of training spent on the mixed ramp by `"three_phase"`; the rest is on-policy (λ = 1).
-        seq_kd (`bool`, *optional*, defaults to `False`):
-            Off-policy rows use a completion sampled from the teacher (sequence-level KD) instead of the dataset's.
-        mixing_seed (`int`, *optional*):
-            Seed of the per-row coin flips. Defaults to `seed`. The flips for a step depend only on this seed and the
-            global step, so every process draws the same global assignment and takes its own slice.
-
-        > Parameters that control the loss
-
-        divergence (`str`, *optional*, defaults to `"jsd"`):
-            Per-token divergence between teacher and student: `"fkl"` (KL(teacher‖student)), `"rkl"`
-            (KL(student‖teacher)), `"jsd"` (generalized JSD with `beta`, TRL's convention) or `"tvd"` (total
-            variation).
+            Probability that a row is on-policy (the student samples it); the others use the dataset's completion. TRL
+            flips one coin per micro-batch; this trainer flips one per row (same expected fraction).
         beta (`float`, *optional*, defaults to `0.5`):
-            Interpolation of the generalized JSD, as in TRL: `0.0` forward KL, `1.0` reverse KL, `0.5` symmetric JSD.
-            Only used with `divergence="jsd"`. (TRL's `DistillationConfig` defaults to `1.0`.)
-        temperature (`float`, *optional*, defaults to `1.0`):
-            Applied to on-policy sampling *and* to both models' logits in the loss (like `trl.DistillationTrainer`;
-            TRL's experimental `GKDTrainer` applies it to sampling only).
-        eval_lmbda (`float`, *optional*, defaults to `1.0`):
-            λ used during evaluation. The default scores the student on its own samples: the eval loss is then the
-            divergence to the teacher on the student's own distribution.
+            Generalized JSD interpolation: `0.0` forward KL, `1.0` reverse KL.
+        temperature (`float`, *optional*, defaults to `0.9`):
+            Sampling temperature of on-policy rows.
+        loss_temperature (`float`, *optional*, defaults to `1.0`):
+            Temperature of the logits in the loss: 1.0 as in TRL's experimental GKD (set `None` to use `temperature`).
+        max_new_tokens (`int`, *optional*, defaults to `128`):
+            Maximum number of tokens generated per completion; the same setting as `max_completion_length` (give
+            either; they are kept equal; both given with different values are refused, unless `max_new_tokens` is
+            left at 128). Off-policy completions are cut to it as well.
+        learning_rate (`float`, *optional*, defaults to `2e-5`):
+            As TRL's experimental `GKDConfig` (from `SFTConfig`); [`DistillationConfig`] defaults to `1e-6` as TRL's.
+        disable_dropout (`bool`, *optional*, defaults to `True`):
+            Disable dropout in the student.
+        eval_lmbda (`float`, *optional*, defaults to `0.0`):
+            λ during evaluation: the dataset's completions, as TRL's GKD evaluates (`1.0` scores the student's own
+            samples, as [`DistillationConfig`] does).
 
-        > Parameters shared by trl-opd's trainers (documented where they are defined)
+        > Parameters kept from TRL's experimental `GKDConfig` (its `SFTConfig` fields)
 
-        `compatibility_check`, `teacher_top_k`, `teacher_cache` ([`trl_opd.trainers.teacher_args.TeacherArguments`]),
-        `max_prompt_length` ([`trl_opd.trainers.prompts.PromptArguments`]), `nonfinite_policy`, `max_nonfinite_skips`
-        ([`trl_opd.trainers.guard.FiniteGuardArguments`]).
-
-    > [!NOTE]
-    > As in TRL, `bf16` defaults to `True` and `gradient_checkpointing` to `True`; on CPU set `bf16=False` and
-    > `use_cpu=True`.
+        `max_length`, and the dataset-preparation fields: see [`trl_opd.trainers.trl_compat.SFTArguments`].
     """
 
-    # The defaults are LambdaSchedule's own (its class attributes), so they are written once.
+    learning_rate: float = field(default=2e-5, metadata={"help": "The initial learning rate for AdamW."})
     lmbda: float = field(
         default=LambdaSchedule.lmbda, metadata={"help": "Probability that a row is on-policy (constant schedule)."}
     )
-    lmbda_schedule: str = field(
-        default=LambdaSchedule.kind, metadata={"help": f"λ schedule: one of {', '.join(LMBDA_SCHEDULES)}."}
-    )
-    lmbda_start: float | None = field(
-        default=LambdaSchedule.start, metadata={"help": "Start of the λ ramp (linear / three_phase)."}
-    )
-    lmbda_end: float | None = field(
-        default=LambdaSchedule.end, metadata={"help": "End of the λ ramp (linear / three_phase)."}
-    )
-    lmbda_warmup_fraction: float = field(
-        default=LambdaSchedule.warmup_fraction, metadata={"help": "three_phase: off-policy fraction."}
-    )
-    lmbda_mixed_fraction: float = field(
-        default=LambdaSchedule.mixed_fraction, metadata={"help": "three_phase: mixed-ramp fraction."}
-    )
-    seq_kd: bool = field(default=False, metadata={"help": "Off-policy rows use the teacher's generation."})
-    mixing_seed: int | None = field(default=None, metadata={"help": "Seed of the per-row coin flips (default: seed)."})
-    divergence: str = field(default="jsd", metadata={"help": f"Per-token divergence: one of {', '.join(DIVERGENCES)}."})
     beta: float = field(default=0.5, metadata={"help": "Generalized JSD interpolation: 0 = FKL, 1 = RKL, 0.5 = JSD."})
-    eval_lmbda: float = field(default=1.0, metadata={"help": "λ during evaluation (1.0: the student's own samples)."})
+    temperature: float = field(default=0.9, metadata={"help": "Sampling temperature of on-policy rows."})
+    loss_temperature: float | None = field(
+        default=1.0, metadata={"help": "Temperature of the logits in the loss (None: the sampling temperature)."}
+    )
+    max_new_tokens: int = field(
+        default=DEFAULT_MAX_NEW_TOKENS, metadata={"help": "Max tokens per completion (same as max_completion_length)."}
+    )
+    max_completion_length: int | None = field(
+        default=None, metadata={"help": "Max tokens per completion (default: max_new_tokens)."}
+    )
+    disable_dropout: bool = field(default=True, metadata={"help": "Disable dropout in the student."})
+    eval_lmbda: float = field(default=0.0, metadata={"help": "λ during evaluation (0: the dataset's completions)."})
 
     def __post_init__(self):
+        if self.max_completion_length is None:
+            self.max_completion_length = self.max_new_tokens
+        elif self.max_new_tokens == DEFAULT_MAX_NEW_TOKENS:  # left at its default: max_completion_length was given
+            self.max_new_tokens = self.max_completion_length
+        elif self.max_new_tokens != self.max_completion_length:
+            raise ValueError(
+                f"max_new_tokens={self.max_new_tokens} and max_completion_length={self.max_completion_length} are the "
+                "same setting (tokens generated per completion); give one of them."
+            )
         super().__post_init__()
-        check_divergence(self.divergence, self.beta)
-        self.warn_if_top_k_is_unsafe(self.teacher_top_k)
-        if not 0.0 <= self.eval_lmbda <= 1.0:
-            raise ValueError(f"eval_lmbda must be in [0, 1], got {self.eval_lmbda}.")
-        self._lambda_schedule = None
-        self.lambda_schedule()  # validates the schedule fields with messages naming the allowed values
-        if self.mixing_seed is None:
-            self.mixing_seed = self.seed
-
-    def lambda_schedule(self) -> LambdaSchedule:
-        """The :class:`~trl_opd.schedules.LambdaSchedule` these fields describe, built when the config is and kept
-        (built again only if one of the ``lmbda*`` fields was assigned since)."""
-        fields_now = {name: getattr(self, name) for name in CONFIG_FIELDS.values()}
-        if self._lambda_schedule is None or self._lambda_schedule[0] != fields_now:
-            self._lambda_schedule = (fields_now, LambdaSchedule.from_config(fields_now))
-        return self._lambda_schedule[1]
-
-    def top_k_objective(self) -> tuple[float, str]:
-        return reverse_kl_share(self.divergence, self.beta), f"divergence={self.divergence!r}"
-
-    @property
-    def needs_dataset_completions(self) -> bool:
-        """False when no row ever uses the dataset's completion: λ ≡ 1, or off-policy rows come from the teacher."""
-        return not (self.lambda_schedule().always_on_policy or self.seq_kd)

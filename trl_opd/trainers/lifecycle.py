@@ -10,7 +10,7 @@ A trainer subclasses :class:`DistillationSetUp` before its TRL base class and bu
 
 Before the base ``__init__`` (nothing is loaded by TRL yet, so mistakes are refused before any compute):
 
-1. ``_check_student_inputs``: a tokenizer for the student, with left padding;
+1. ``_check_student_inputs``: a tokenizer for the student (either padding side: TRL left-pads prompts);
 2. ``_prepare_datasets``: the columns of both datasets checked, ``messages`` converted, empty completions dropped;
 3. ``_init_hooks``: TIP, the prefix filter, the curriculum (it indexes the dataset);
 4. ``_index_rows_for_teachers``: the cache's row index and the ``teacher_id`` column;
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..data import prepare_prompt_completion_dataset
-from ..models import check_left_padding, check_processing_class
+from ..models import check_processing_class
 from .guard import FiniteGuardMixin
 from .hooked import HookedTrainerMixin
 from .prompts import PromptLengthMixin
@@ -87,8 +87,7 @@ class DistillationSetUp(TeacherMixin, HookedTrainerMixin, FiniteGuardMixin, Exac
 
     @staticmethod
     def _check_student_inputs(model, processing_class) -> None:
-        check_processing_class(model, processing_class)
-        check_left_padding(processing_class)
+        check_processing_class(model, processing_class)  # any padding side: TRL left-pads prompts itself
 
     @staticmethod
     def _prepare_datasets(train_dataset, eval_dataset, completions: Completions) -> tuple:

@@ -104,7 +104,7 @@ class TeacherMixin:
             tokenizer=self._text_tokenizer,
             rows=len(dataset) if hasattr(dataset, "__len__") else cache.meta.rows,
             top_k=self.args.teacher_top_k,
-            temperature=self.temperature,
+            temperature=getattr(self, "loss_temperature", self.temperature),  # the targets' temperature
             max_completion_length=self.max_completion_length,
             max_prompt_length=self.args.max_prompt_length,
         )

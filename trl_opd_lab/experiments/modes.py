@@ -23,7 +23,7 @@ MODE_PRED = {
 
 
 def run(lab, earlier=None, methods=MODE_METHODS, seeds=None) -> dict:
-    from trl_opd import GKDConfig, GKDTrainer, MiniLLMConfig, MiniLLMTrainer
+    from trl_opd import DistillationConfig, GKDTrainer, MiniLLMConfig, MiniLLMTrainer
 
     from ..context import quiet, training_args
     from ..tasks import make_student
@@ -55,7 +55,7 @@ def run(lab, earlier=None, methods=MODE_METHODS, seeds=None) -> dict:
                 trainer = GKDTrainer(
                     model=student,
                     teacher_model=teacher,
-                    args=GKDConfig(**common, lmbda=1.0, divergence=method, beta=0.5),
+                    args=DistillationConfig(**common, lmbda=1.0, divergence=method, beta=0.5),
                     train_dataset=dataset,
                     processing_class=lab.tok,
                 )
