@@ -77,7 +77,7 @@ def verdict(res) -> str:
     """From the numbers, paired by run (teacher seed, student seed): the mechanism (error rate after the first error,
     λ = 0 above λ = 1 by 2 standard errors of the differences and 0.2), fewer total errors on-policy at the longest
     horizon (2 standard errors and 0.05), and the growth exponents (off-policy steeper by 2 standard errors and 0.2;
-    "agrees" needs the seed's ≈ 2 off-policy, ≥ 1.7). Results without the after-first measurement (older layouts)
+    "agrees" needs the tutorial's ≈ 2 off-policy, ≥ 1.7). Results without the after-first measurement (older layouts)
     are judged on the exponents and the total errors alone."""
     off, on = exponents(res, 0.0), exponents(res, 1.0)
     m_off, m_on = mean(off), mean(on)
@@ -107,7 +107,7 @@ def verdict(res) -> str:
         return (
             "partly agrees: off-policy students keep erring after a slip and on-policy ones do not, "
             + (
-                "but the off-policy growth is below the seed's T² ("
+                "but the off-policy growth is below the tutorial's T² ("
                 if fewer and steeper
                 else "but only one of the growth and the total errors separates clearly ("
             )
@@ -115,7 +115,7 @@ def verdict(res) -> str:
             + ")"
         )
     if mech is None and fewer and steeper:
-        return "partly agrees: off-policy errors grow faster, below the seed's T² (" + detail + ")"
+        return "partly agrees: off-policy errors grow faster, below the tutorial's T² (" + detail + ")"
     if not mech and m_off <= m_on:
         return "disagrees: " + detail
     if mech:
@@ -213,7 +213,7 @@ def section(res, out, results=None):
             "",
             (
                 "Under greedy decoding no student makes a single error: the compounding shows only when the student "
-                "samples (temperature 1), which is how on-policy training and the seed's bound see it."
+                "samples (temperature 1), which is how on-policy training and the tutorial's bound see it."
                 if greedy_zero
                 else "Greedy decoding errs less than sampling; its errors are in the table."
             ),
