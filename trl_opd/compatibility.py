@@ -82,9 +82,7 @@ class CompatibilityReport:
                     *self.vocab_sizes
                 )
             raise ValueError(
-                f"{who} cannot teach this student:
-{sizes}{listed}
-(`trl-opd check --student S --teacher T` "
+                f"{who} cannot teach this student:\n{sizes}{listed}\n(`trl-opd check --student S --teacher T` "
                 "prints the full report; compatibility_check='warn' trains anyway.)"
             )
 
