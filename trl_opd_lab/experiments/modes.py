@@ -127,7 +127,8 @@ def section(res, out, results=None):
         "",
         f"n = {len({r['seed'] for r in runs})} seeds per method (mean [90 % bootstrap interval]).",
         "",
-        "| method | tutorial's prediction | mode 1 (ab) | mode 2 (ba) | top mode | between | p(a) first | train seconds |",
+        "| method | tutorial's prediction | mode 1 (ab) | mode 2 (ba) | top mode | between | p(a) first "
+        "| train seconds |",
         "|---|---|---|---|---|---|---|---|",
     ]
     if teacher:

@@ -162,7 +162,8 @@ def start_runs(runs, start) -> list[dict]:
 
 def _table(runs) -> tuple[list[str], dict, dict]:
     lines = [
-        "| trained tokens | tutorial's prediction | JSD on own samples | sequence error | token error | train seconds |",
+        "| trained tokens | tutorial's prediction | JSD on own samples | sequence error | token error "
+        "| train seconds |",
         "|---|---|---|---|---|---|",
     ]
     div, tok = {}, {}
