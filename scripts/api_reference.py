@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 OUTPUT = ROOT / "docs" / "api.md"
 #: The configs (and the command line's extra keys), in the order the reference lists them.
 CONFIGS = (
+    ("trl_opd", "DistillationConfig"),
     ("trl_opd", "GKDConfig"),
     ("trl_opd", "MiniLLMConfig"),
     ("trl_opd", "SPINConfig"),

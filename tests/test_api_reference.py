@@ -22,10 +22,10 @@ def test_the_committed_api_reference_is_current():
 def test_every_trl_opd_config_field_is_listed_with_its_default():
     import dataclasses
 
-    from trl_opd import GKDConfig, MiniLLMConfig, SPINConfig
+    from trl_opd import DistillationConfig, GKDConfig, MiniLLMConfig, SPINConfig
 
     rows = [line for line in api_reference.OUTPUT.read_text().splitlines() if line.startswith("| `")]
-    for cls in (GKDConfig, MiniLLMConfig, SPINConfig):
+    for cls in (DistillationConfig, GKDConfig, MiniLLMConfig, SPINConfig):
         own = [f for f in dataclasses.fields(cls) if api_reference.owner(cls, f.name).__module__.startswith("trl_opd")]
         assert own
         for field in own:

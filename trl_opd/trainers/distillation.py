@@ -69,7 +69,7 @@ class DistillationTrainer(DistillationSetUp, TRLDistillationTrainer):
     >>> trainer = DistillationTrainer(
     ...     model="path/to/student",
     ...     teacher_model="path/to/teacher",
-    ...     args=DistillationConfig(output_dir="out", lmbda_schedule="three_phase", divergence="jsd", beta=0.5),
+    ...     args=DistillationConfig(output_dir="out", divergence="jsd", beta=0.5),  # on-policy; lmbda=0.5 mixes
     ...     train_dataset=dataset,
     ... )
     >>> trainer.train()

@@ -39,7 +39,7 @@ class GKDTrainer(DistillationTrainer):
     >>> trainer = GKDTrainer(
     ...     model="path/to/student",
     ...     teacher_model="path/to/teacher",
-    ...     args=GKDConfig(output_dir="gkd-out", lmbda_schedule="three_phase"),
+    ...     args=GKDConfig(output_dir="gkd-out", lmbda=1.0),  # on-policy (TRL's GKD default: 0.5)
     ...     train_dataset=dataset,
     ... )
     >>> trainer.train()
