@@ -251,7 +251,7 @@ def train(row: str, seed: int, args, student, teacher, tokenizer, train_dataset,
             trainer = GKDTrainer(
                 model=model,
                 teacher_model=teacher,
-                args=DistillationConfig(beta=0.5, **common, divergence="jsd", **overrides),
+                args=DistillationConfig(**common, divergence="jsd", **overrides),
                 train_dataset=train_dataset,
                 processing_class=tokenizer,
             )
