@@ -319,7 +319,7 @@ def test_peft_rounds_use_a_frozen_adapter_never_a_model_copy(tmp_path, tok, data
 def test_the_loop_stops_when_the_model_already_matches_the_data(tmp_path, tok, dataset):
     texts = [p + c for p, c in zip(dataset["prompt"], dataset["completion"], strict=True)]
     memorised = tiny_llama(len(tok), tokenizer=tok, seed=1)
-    train_causal_lm(memorised, tok, texts, steps=300, lr=1e-2)
+    train_causal_lm(memorised, tok, texts, steps=600, lr=1e-2)
     trainer = make_spin(tmp_path / "memorised", tok, dataset, model=memorised, max_rounds=3, num_saturation_samples=16)
     history = trainer.train()
     assert len(history) == 1 and trainer.stop_reason == "saturated" and history[0]["stop_reason"] == "saturated"

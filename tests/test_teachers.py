@@ -8,7 +8,7 @@ import pytest
 import torch
 from helpers import make_trainer
 
-from trl_opd import GKDTrainer, build_teacher_cache
+from trl_opd import GKDTrainer, build_teacher_cache, float_path
 from trl_opd.cli import main
 from trl_opd.divergences import LMHead
 from trl_opd.divergences.topk import topk_targets_from_hidden
@@ -49,11 +49,17 @@ def test_cache_round_trip_is_exact(cache_dir, teacher, tok, dataset):
     stored = cache.targets(rows)
     assert sum(len(t) for t in stored) == len(live)
     offset = 0
+    # The cache was built in batches of 16 and the live targets here come from a batch of 3: on the pinned float path
+    # the two agree bit for bit; another path (ATEN_CPU_CAPABILITY=default) reduces another batch shape in another
+    # order, so the values are compared to float32 rounding and the ids exactly.
     for part in stored:
         n = len(part)
         assert torch.equal(part.ids, live.ids[offset : offset + n])
-        assert torch.equal(part.log_probs, live.log_probs[offset : offset + n])
-        assert torch.equal(part.tail_log_prob, live.tail_log_prob[offset : offset + n])
+        torch.testing.assert_close(part.log_probs, live.log_probs[offset : offset + n], rtol=0, atol=2e-6)
+        torch.testing.assert_close(part.tail_log_prob, live.tail_log_prob[offset : offset + n], rtol=0, atol=2e-6)
+        if float_path.is_pinned():
+            assert torch.equal(part.log_probs, live.log_probs[offset : offset + n])
+            assert torch.equal(part.tail_log_prob, live.tail_log_prob[offset : offset + n])
         offset += n
 
 
