@@ -82,3 +82,17 @@ def make_minillm_trainer(tmp_path, tok, dataset, student=None, teacher=None, rew
         processing_class=tok,
         **hooks,
     )
+
+
+def record_generate_masks(trainer) -> list:
+    """Wrap ``trainer.model.generate`` so that each call's ``attention_mask`` is appended to the returned list: how a
+    test sees the padding side the prompts reached generation with."""
+    seen = []
+    original = trainer.model.generate
+
+    def recording_generate(*args, **kwargs):
+        seen.append(kwargs["attention_mask"].clone())
+        return original(*args, **kwargs)
+
+    trainer.model.generate = recording_generate
+    return seen

@@ -3,6 +3,7 @@
 import pytest
 import torch
 from helpers import make_minillm_config as config
+from helpers import record_generate_masks
 
 from trl_opd import MiniLLMTrainer
 from trl_opd.evaluation import mean_divergence, mean_token_log_prob, sample
@@ -238,14 +239,7 @@ def test_right_padded_tokenizer_is_accepted_and_prompts_are_left_padded(tmp_path
         train_dataset=dataset,
         processing_class=tok,
     )
-    seen = []
-    original = trainer.model.generate
-
-    def recording_generate(*args, **kwargs):
-        seen.append(kwargs["attention_mask"].clone())
-        return original(*args, **kwargs)
-
-    trainer.model.generate = recording_generate
+    seen = record_generate_masks(trainer)
     trainer.model.train()
     trainer._generate_and_score_completions([{"prompt": "1+1="}, {"prompt": "12+13="}] * 2)
     assert seen[0][0, 0] == 0 and seen[0][0, -1] == 1  # the short prompt is padded on the left

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from datasets import Dataset
-from helpers import CPU_TRAINING_ARGS
+from helpers import CPU_TRAINING_ARGS, record_generate_masks
 
 from trl_opd import DistillationConfig, DistillationTrainer, GKDConfig, GKDTrainer, per_token_divergence
 from trl_opd.tiny import char_tokenizer, tiny_llama
@@ -133,14 +133,7 @@ def test_right_padded_tokenizer_is_accepted_and_prompts_are_left_padded(tmp_path
         train_dataset=dataset,
         processing_class=tok,
     )
-    seen = []
-    original = trainer.model.generate
-
-    def recording_generate(*args, **kwargs):
-        seen.append(kwargs["attention_mask"].clone())
-        return original(*args, **kwargs)
-
-    trainer.model.generate = recording_generate
+    seen = record_generate_masks(trainer)
     rows = [{"prompt": "1+1="}, {"prompt": "12+13="}]
     trainer.model.train()
     trainer._generate_and_score_completions(rows)
