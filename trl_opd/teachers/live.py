@@ -9,6 +9,7 @@ import torch
 from ..divergences import LMHead, chunked_token_log_probs
 from ..models import disable_bnb_cpu_weight_repacking
 from ..scoring import last_hidden_states
+from ..sharding import full_head, gathered_heads, prepare_frozen
 
 
 #: ``run_backbone(prepared, unwrapped, input_ids, attention_mask, logits_to_keep) -> (B, logits_to_keep, H)``: the
@@ -34,21 +35,22 @@ class Teacher:
         disable_bnb_cpu_weight_repacking(unwrapped)
 
     @classmethod
-    def prepare(cls, teacher, vocab_size: int, accelerator, *, deepspeed: bool = False, run_backbone=None) -> Teacher:
-        """Place ``teacher`` with the trainer's ``accelerator`` (DeepSpeed's inference engine when ``deepspeed``);
-        ``vocab_size`` is the shared vocabulary (:func:`trl_opd.compatibility.check_compatibility`)."""
-        if deepspeed:
-            from trl.models import prepare_deepspeed
-
-            prepared = prepare_deepspeed(teacher, accelerator)
-        else:
-            prepared = accelerator.prepare_model(teacher, evaluation_mode=True)
+    def prepare(
+        cls, teacher, vocab_size: int, accelerator, *, placement: str = "sharded", run_backbone=None
+    ) -> Teacher:
+        """Place ``teacher`` with the trainer's ``accelerator`` by ``placement`` (:func:`trl_opd.sharding.prepare_frozen`:
+        sharded like the student under ZeRO-3 and FSDP2, or a replica); ``vocab_size`` is the shared vocabulary
+        (:func:`trl_opd.compatibility.check_compatibility`)."""
+        prepared = prepare_frozen(teacher, accelerator, placement)
         return cls(prepared, accelerator.unwrap_model(prepared), vocab_size, run_backbone)
 
     @property
     def head(self) -> LMHead:
-        """The teacher's head (no gradient)."""
-        return LMHead.of(self.unwrapped).detached()
+        """The teacher's head, FSDP2 shards gathered here (:func:`trl_opd.sharding.full_head`). It holds the
+        parameters themselves (the chunked engine detaches a teacher head when it uses it), so under ZeRO-3 it can be
+        taken before and used inside ``trl_opd.sharding.gathered_heads(teacher.unwrapped)``."""
+        with torch.no_grad():
+            return full_head(self.unwrapped)
 
     @torch.no_grad()
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int) -> torch.Tensor:
@@ -64,7 +66,8 @@ class Teacher:
         ``(N, H_T)`` hidden states behind them."""
         hidden = self.hidden_states(input_ids, attention_mask, logits_to_keep)[mask]
         targets = input_ids[:, -logits_to_keep:][mask]
-        log_probs = chunked_token_log_probs(
-            hidden, self.head, targets, temperature=temperature, vocab_size=self.vocab_size
-        )
+        with gathered_heads(self.unwrapped):
+            log_probs = chunked_token_log_probs(
+                hidden, self.head, targets, temperature=temperature, vocab_size=self.vocab_size
+            )
         return log_probs, hidden

@@ -18,6 +18,7 @@ from trl.models.utils import unwrap_model_for_generation
 
 from ..data import check_row_types, completion_token_ids, cut_after_first_eos, is_empty_completion
 from ..divergences import LMHead
+from ..sharding import gathered_heads
 from ..scoring import left_padded
 from ..teachers.cache import row_hash
 from ..teachers.routing import CACHE_ROW_COLUMN, TEACHER_ID_COLUMN
@@ -473,18 +474,20 @@ class DistillationTrainer(DistillationSetUp, TRLDistillationTrainer):
         # Without TIP every weight is 1: gradients computed in the forward pass, each chunk projected once. TIP's
         # weights depend on the divergences: per-token values first, the backward skips weight-0 tokens.
         weigh = None if self.token_importance is None else self._token_importance_weights
-        loss, values, entropy, per_side = distillation_loss(
-            h_s,
-            student_head,
-            sides,
-            divergence=self.divergence,
-            beta=self.beta,
-            temperature=self.loss_temperature,
-            vocab_size=self.vocab_size,
-            normalizer=normalizer,
-            top_k=self.teacher_top_k,
-            weigh=weigh,
-        )
+        # The fused loss reads both heads directly: full on every rank for the call (ZeRO-3; trl_opd.sharding).
+        with gathered_heads(unwrapped_student, *(t.unwrapped for t in self.teachers.teachers.values())):
+            loss, values, entropy, per_side = distillation_loss(
+                h_s,
+                student_head,
+                sides,
+                divergence=self.divergence,
+                beta=self.beta,
+                temperature=self.loss_temperature,
+                vocab_size=self.vocab_size,
+                normalizer=normalizer,
+                top_k=self.teacher_top_k,
+                weigh=weigh,
+            )
         self._log_teacher_sides(per_side)
         if not self.check_finite(f"the per-token {self.divergence} divergence", values, _NONFINITE_DIVERGENCE_CAUSE):
             return h_s.sum() * 0.0, entropy.sum().detach() * 0.0, n_valid  # the step is skipped (nonfinite_policy)

@@ -13,9 +13,10 @@ import torch
 from accelerate.utils import is_peft_model
 from trl import GRPOTrainer
 
-from ..divergences import LMHead, chunked_per_token_divergence, chunked_token_log_probs
+from ..divergences import chunked_per_token_divergence, chunked_token_log_probs
 from ..policy_gradient import minillm_advantages, token_rewards
 from ..scoring import last_hidden_states, left_padded
+from ..sharding import full_head, gathered_heads
 from .arguments import resolve_args
 from .lifecycle import Completions, DistillationSetUp
 from .minillm_config import MiniLLMConfig
@@ -208,9 +209,10 @@ class MiniLLMTrainer(DistillationSetUp, GRPOTrainer):
         its adapter-disabled base, or the frozen reference copy) at the sampling temperature."""
         unwrapped = self.accelerator.unwrap_model(model)
         hidden = last_hidden_states(unwrapped, ids, attention_mask, k)[mask]
-        log_probs = chunked_token_log_probs(
-            hidden, LMHead.of(unwrapped), ids[:, -k:][mask], temperature=self.temperature, vocab_size=self.vocab_size
-        )
+        with gathered_heads(unwrapped):
+            log_probs = chunked_token_log_probs(
+                hidden, full_head(unwrapped), ids[:, -k:][mask], temperature=self.temperature, vocab_size=self.vocab_size
+            )
         return log_probs, hidden
 
     @torch.no_grad()
@@ -235,7 +237,7 @@ class MiniLLMTrainer(DistillationSetUp, GRPOTrainer):
 
         s_lp, s_hidden = self._student_log_probs(self.model, ids, attention_mask, k, mask)
         t_lp, t_hidden = self.teacher.token_log_probs(ids, attention_mask, k, mask, self.temperature)
-        with torch.no_grad():
+        with torch.no_grad(), gathered_heads(self.accelerator.unwrap_model(self.model), self.teacher.unwrapped):
             rkl, s_entropy, t_entropy = chunked_per_token_divergence(
                 s_hidden,
                 t_hidden,
@@ -364,16 +366,17 @@ class MiniLLMTrainer(DistillationSetUp, GRPOTrainer):
         student = self.accelerator.unwrap_model(model)
         s_hidden = last_hidden_states(student, ids, attention_mask, k)[mask]
         t_hidden = self.teacher.hidden_states(ids, attention_mask, k)[mask]
-        rkl = chunked_per_token_divergence(
-            s_hidden,
-            t_hidden,
-            LMHead.of(student),
-            self.teacher.head,
-            "rkl",
-            temperature=self.temperature,
-            vocab_size=self.vocab_size,
-            teacher_top_k=self.teacher_top_k,
-        )
+        with gathered_heads(student, self.teacher.unwrapped):
+            rkl = chunked_per_token_divergence(
+                s_hidden,
+                t_hidden,
+                full_head(student),
+                self.teacher.head,
+                "rkl",
+                temperature=self.temperature,
+                vocab_size=self.vocab_size,
+                teacher_top_k=self.teacher_top_k,
+            )
         mode = "train" if self.model.training else "eval"
         accumulation = self.current_gradient_accumulation_steps if mode == "train" else 1.0
         single_step = rkl.sum() / max(int(mask.sum()), 1) / accumulation

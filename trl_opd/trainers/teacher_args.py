@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from ..compatibility import COMPATIBILITY_CHECKS
 from ..divergences.registry import check_top_k
+from ..sharding import PLACEMENTS
 
 
 logger = logging.getLogger(__name__)
@@ -35,6 +36,11 @@ class TeacherArguments:
             A folder written by `trl_opd.build_teacher_cache` / `trl-opd cache-teacher`: rows trained on their dataset
             completion take the teacher's top-k targets from it (no teacher forward pass); with `lmbda=0.0` no teacher
             needs to be loaded at all. Its `top_k` is the run's `teacher_top_k`.
+        teacher_placement (`str`, *optional*, defaults to `"sharded"`):
+            Where a live teacher lives in a multi-GPU run ([`trl_opd.sharding.prepare_frozen`], docs/multi-gpu.md):
+            `"sharded"` partitions it like the student under DeepSpeed ZeRO-3 and FSDP2 (a teacher larger than one
+            GPU fits); `"replica"` keeps a full copy on every rank (FSDP2 only; TRL's choice, no all-gather per
+            forward). DDP and ZeRO-1/2 always replicate the teacher.
     """
 
     compatibility_check: str = field(
@@ -49,7 +55,16 @@ class TeacherArguments:
         metadata={"help": "Folder of an offline teacher cache serving the rows trained on dataset completions."},
     )
 
+    teacher_placement: str = field(
+        default="sharded",
+        metadata={"help": "Multi-GPU placement of a live teacher: 'sharded' (ZeRO-3, FSDP2) or 'replica' (FSDP2)."},
+    )
+
     def __post_init__(self):
+        if self.teacher_placement not in PLACEMENTS:
+            raise ValueError(
+                f"teacher_placement must be one of {', '.join(map(repr, PLACEMENTS))}, got {self.teacher_placement!r}."
+            )
         if self.compatibility_check not in COMPATIBILITY_CHECKS:
             raise ValueError(
                 f"compatibility_check must be one of {', '.join(map(repr, COMPATIBILITY_CHECKS))}, "

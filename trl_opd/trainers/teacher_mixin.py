@@ -66,7 +66,7 @@ class TeacherMixin:
                 model,
                 report.shared_vocab_size,
                 self.accelerator,
-                deepspeed=self.is_deepspeed_enabled,
+                placement=getattr(self.args, "teacher_placement", "sharded"),
                 run_backbone=run_backbone,
             )
         cache = self._open_teacher_cache()
