@@ -89,6 +89,22 @@ def full_head(model) -> LMHead:
     return LMHead(_full(head.weight), _full(head.bias), head.scale, head.softcap)
 
 
+def run_through(prepared, unwrapped, method, *args, **kwargs):
+    """``method(*args, **kwargs)`` run inside ``prepared``'s forward (TRL's ``_ForwardRedirection``), so the engine's
+    pre-forward work happens first: FSDP2 unshards the root group (the embeddings, the head), DeepSpeed arms ZeRO-3,
+    DDP sees the call. ``prepared`` is the model as the accelerator prepared it (a ``DistributedDataParallel``, a
+    DeepSpeed engine, or the ``fully_shard``-ed model itself), ``unwrapped`` the bare one. A plain model (one process)
+    is called directly. Calling a submodule such as ``model.base_model`` of an FSDP2 model directly would read the
+    root's parameters as ``DTensor`` shards and fail."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if prepared is unwrapped and not isinstance(prepared, FSDPModule):
+        return method(*args, **kwargs)
+    from trl.models.utils import _ForwardRedirection
+
+    return _ForwardRedirection()(prepared, unwrapped, method, *args, **kwargs)
+
+
 def head_gather_bytes(vocab_size: int, hidden_size: int, bytes_per_param: float) -> int:
     """Bytes one rank holds while a full head is gathered: ``vocab_size × hidden_size × bytes_per_param``."""
     return int(vocab_size * hidden_size * bytes_per_param)

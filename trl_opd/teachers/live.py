@@ -9,7 +9,7 @@ import torch
 from ..divergences import LMHead, chunked_token_log_probs
 from ..models import disable_bnb_cpu_weight_repacking
 from ..scoring import last_hidden_states
-from ..sharding import full_head, gathered_heads, prepare_frozen
+from ..sharding import full_head, gathered_heads, prepare_frozen, run_through
 
 
 #: ``run_backbone(prepared, unwrapped, input_ids, attention_mask, logits_to_keep) -> (B, logits_to_keep, H)``: the
@@ -24,13 +24,13 @@ class Teacher:
         model: the teacher as the trainer's accelerator prepared it (possibly wrapped for DeepSpeed/FSDP).
         unwrapped: the bare ``PreTrainedModel``.
         vocab_size: the rows of both heads the divergences compare (:func:`trl_opd.models.shared_vocab_size`).
-        run_backbone: how to run the backbone (a trainer routes it through its DeepSpeed/FSDP wrapper); default: the
-            bare model's backbone.
+        run_backbone: how to run the backbone; default: the bare model's backbone run inside the prepared model's
+            forward (:func:`trl_opd.sharding.run_through`), so DeepSpeed/FSDP materialize its parameters.
     """
 
     def __init__(self, model, unwrapped, vocab_size: int, run_backbone: BackboneRunner | None = None):
         self.model, self.unwrapped, self.vocab_size = model, unwrapped, vocab_size
-        self._run_backbone = run_backbone or (lambda _, m, ids, mask, k: last_hidden_states(m, ids, mask, k))
+        self._run_backbone = run_backbone or (lambda p, m, *a: run_through(p, m, last_hidden_states, m, *a))
         unwrapped.eval()
         disable_bnb_cpu_weight_repacking(unwrapped)
 
