@@ -16,10 +16,10 @@ module calls:
   forward already returned) :func:`full_head` materializes it with ``DTensor.full_tensor()`` (an all-gather).
 
 Cost of a gather: the full head, ``V × H × bytes`` on every rank for the duration of one loss or scoring call, e.g.
-Qwen2.5-32B's 152064 × 5120 in bf16 = 1.56 GB, Qwen2.5-7B's 152064 × 3584 = 1.09 GB (:func:`head_gather_bytes`;
-the planner adds it to the per-GPU peak of a sharded run). The engine projects the gathered head in row chunks, so the
-logits stay ``chunk × V`` float32; gathering the head itself per vocabulary shard would need the engine's softmax
-statistics reduced across ranks and is not done.
+Qwen2.5-32B's 152064 × 5120 in bf16 = 1.56 GB, Qwen2.5-7B's 152064 × 3584 = 1.09 GB
+(:func:`trl_opd.memory.multi_gpu.head_gather_bytes`; ``trl-opd plan --engine`` adds it to the per-GPU peak). The
+engine projects the gathered head in row chunks, so the logits stay ``chunk × V`` float32; gathering the head itself
+per vocabulary shard would need the engine's softmax statistics reduced across ranks and is not done.
 
 :func:`local_numel` counts the parameter elements a rank actually holds (ZeRO-3 partitions, FSDP2 local shards), the
 measure the tests use to prove where a teacher lives; :func:`prepare_frozen` places a frozen model (the teacher, a
@@ -61,8 +61,8 @@ def gathered_heads(*models):
     """Hold the output embeddings of ``models`` full on every rank for the block (ZeRO-3; a no-op otherwise).
 
     An :class:`LMHead` holding the parameters themselves (:func:`full_head`, ``LMHead.of``) sees the full weight inside
-    the block; a detached copy taken before it keeps the partitioned ``numel 0`` tensor. Parameters shared by several models (tied embeddings, a PEFT reference) are
-    gathered once.
+    the block; a detached copy taken before it keeps the partitioned ``numel 0`` tensor. Parameters shared by several
+    models (tied embeddings, a PEFT reference) are gathered once.
     """
     from trl.trainer.utils import maybe_gather_lm_head_ctx
 
@@ -103,11 +103,6 @@ def run_through(prepared, unwrapped, method, *args, **kwargs):
     from trl.models.utils import _ForwardRedirection
 
     return _ForwardRedirection()(prepared, unwrapped, method, *args, **kwargs)
-
-
-def head_gather_bytes(vocab_size: int, hidden_size: int, bytes_per_param: float) -> int:
-    """Bytes one rank holds while a full head is gathered: ``vocab_size × hidden_size × bytes_per_param``."""
-    return int(vocab_size * hidden_size * bytes_per_param)
 
 
 def local_numel(model) -> int:

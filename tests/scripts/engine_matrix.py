@@ -38,6 +38,7 @@ from trl_opd.tiny import addition_dataset, char_tokenizer, tiny_llama  # noqa: E
 
 
 GLOBAL_BATCH = 8
+PLACEMENT = os.environ.get("MATRIX_TEACHER_PLACEMENT", "sharded")  # the teacher_placement of GKD and MiniLLM
 COMMON = dict(
     bf16=False,
     use_cpu=True,
@@ -52,7 +53,7 @@ COMMON = dict(
 
 
 def full_checksum(model) -> tuple[float, float]:
-    """``(Σ w, Σ |w|)`` in float64 over the full parameters (a collective under ZeRO-3 and FSDP2: call on every rank)."""
+    """``(Σ w, Σ |w|)`` in float64 over the full parameters (a collective under ZeRO-3 and FSDP2: every rank calls)."""
     from torch.distributed.tensor import DTensor
 
     params = list(model.parameters())
@@ -70,11 +71,13 @@ def full_checksum_of(tensors) -> tuple[float, float]:
 
 
 class Checksums(TrainerCallback):
-    def __init__(self):
-        self.trainer, self.values = None, []
+    """The full student weights' checksum after every optimizer step."""
 
-    def on_step_end(self, args, state, control, **kwargs):
-        self.values.append(full_checksum(self.trainer.accelerator.unwrap_model(self.trainer.model)))
+    def __init__(self):
+        self.values = []
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self.values.append(full_checksum(getattr(model, "module", model)))  # DDP / DeepSpeed engines wrap it
 
 
 def per_rank(trainer, model) -> list[int]:
@@ -82,7 +85,7 @@ def per_rank(trainer, model) -> list[int]:
     return [int(x) for x in trainer.accelerator.gather(local).tolist()]
 
 
-def build(kind: str, out_dir: str, world: int):
+def build(kind: str, out_dir: str, world: int, checksums: Checksums):
     tok = char_tokenizer()
     student = tiny_llama(len(tok), tokenizer=tok, seed=1)
     teacher = tiny_llama(len(tok), tokenizer=tok, seed=2, hidden_size=64)
@@ -97,14 +100,16 @@ def build(kind: str, out_dir: str, world: int):
             learning_rate=1e-3,
             beta=0.5,
             teacher_top_k=8,
+            teacher_placement=PLACEMENT,
             lmbda_schedule="linear",
             lmbda_start=0.0,
             lmbda_end=1.0,
             **COMMON,
         )
-        return GKDTrainer(
+        trainer = GKDTrainer(
             model=student, teacher_model=teacher, args=args, train_dataset=addition_dataset(), processing_class=tok
-        ), teacher
+        )
+        return trainer, trainer, teacher
     if kind == "minillm":
         from trl_opd import MiniLLMConfig, MiniLLMTrainer
 
@@ -112,14 +117,16 @@ def build(kind: str, out_dir: str, world: int):
             output_dir=out_dir,
             per_device_train_batch_size=per_device,
             num_generations=4,
+            teacher_placement=PLACEMENT,
             max_steps=2,
             learning_rate=3e-3,
             **COMMON,
         )
         dataset = addition_dataset().rename_column("completion", "answer")
-        return MiniLLMTrainer(
+        trainer = MiniLLMTrainer(
             model=student, teacher_model=teacher, args=args, train_dataset=dataset, processing_class=tok
-        ), teacher
+        )
+        return trainer, trainer, teacher
     if kind == "spin":
         from trl_opd import SPINConfig, SPINTrainer
 
@@ -132,31 +139,37 @@ def build(kind: str, out_dir: str, world: int):
             num_saturation_samples=8,
             **COMMON,
         )
-        return SPINTrainer(
-            model=student, args=args, train_dataset=addition_dataset(max_operand=3), processing_class=tok
-        ), None
+        spin = SPINTrainer(
+            model=student,
+            args=args,
+            train_dataset=addition_dataset(max_operand=3),
+            processing_class=tok,
+            callbacks=[checksums],
+        )
+        return spin, None, None  # the round's DPOTrainer exists once train() runs
     raise ValueError(f"unknown trainer {kind!r}: gkd, minillm or spin")
 
 
 def main(kind: str, out: str) -> None:
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    trainer, teacher = build(kind, os.path.dirname(out), world)
     checksums = Checksums()
-    checksums.trainer = trainer
-    trainer.add_callback(checksums)
-    trainer.train()
+    runner, trainer, teacher = build(kind, os.path.dirname(out), world, checksums)
+    if trainer is not None:
+        trainer.add_callback(checksums)
+    runner.train()
+    trainer = trainer or runner.round_trainer
     student = trainer.accelerator.unwrap_model(trainer.model)
     record = {
         "engine": engine_of(trainer.accelerator),
         "world": world,
         "losses": [log["loss"] for log in trainer.state.log_history if "loss" in log],
         "checksums": checksums.values,
-        "student_numel": sum(p.ds_numel if hasattr(p, "ds_numel") else _full_numel(p) for p in student.parameters()),
+        "student_numel": sum(_full_numel(p) for p in student.parameters()),
         "student_per_rank": per_rank(trainer, student),
     }
     if teacher is not None:
         prepared = trainer.teacher.unwrapped
-        record["teacher_numel"] = sum(p.ds_numel if hasattr(p, "ds_numel") else _full_numel(p) for p in prepared.parameters())
+        record["teacher_numel"] = sum(_full_numel(p) for p in prepared.parameters())
         record["teacher_per_rank"] = per_rank(trainer, prepared)
     if trainer.accelerator.is_main_process:
         with open(out, "w") as f:
@@ -164,7 +177,7 @@ def main(kind: str, out: str) -> None:
 
 
 def _full_numel(p) -> int:
-    return p.numel()  # a DTensor's numel is its global size
+    return p.ds_numel if hasattr(p, "ds_numel") else p.numel()  # a DTensor's numel is its global size
 
 
 if __name__ == "__main__":

@@ -44,11 +44,44 @@ def register(subparsers) -> None:
     )
     models.add_argument("--list-recipes", action="store_true", help="list the recipes and packaged shapes, then exit")
     add_plan_flags(parser)
+    add_multi_gpu_flags(parser)
     out = parser.add_argument_group("output")
     out.add_argument("--gpu", type=float, nargs="+", default=list(GPU_SIZES_GB), metavar="GB",
                      help=f"GPU sizes to check, in GB (default {' '.join(map(str, GPU_SIZES_GB))})")  # fmt: skip
     out.add_argument("--json", action="store_true", help="print the estimate as JSON (bytes) instead of the table")
     parser.set_defaults(func=run_plan)
+
+
+def add_multi_gpu_flags(parser: argparse.ArgumentParser) -> None:
+    """``--engine``, ``--gpus``, ``--teacher-placement``: per-GPU memory (:mod:`trl_opd.memory.multi_gpu`)."""
+    from ..memory.multi_gpu import ENGINES, TEACHER_PLACEMENTS
+
+    group = parser.add_argument_group("multi-GPU (docs/multi-gpu.md)")
+    group.add_argument("--engine", choices=ENGINES, help="report memory per GPU under this engine (with --gpus)")
+    group.add_argument("--gpus", type=int, metavar="N", help="number of GPUs of the run (with --engine)")
+    group.add_argument(
+        "--teacher-placement",
+        choices=TEACHER_PLACEMENTS,
+        help="one teacher placement (default: every placement the engine offers)",
+    )
+
+
+def _per_gpu_output(args, estimate) -> str | dict:
+    """The per-GPU tables (or JSON data) of ``estimate`` for each teacher placement ``--engine`` offers."""
+    from ..memory.multi_gpu import per_gpu, valid_placements
+
+    if args.gpus is None:
+        raise UsageError("--engine needs --gpus N (the number of GPUs of the run).")
+    placements = [args.teacher_placement] if args.teacher_placement else valid_placements(args.engine)
+    try:
+        runs = [per_gpu(estimate, args.engine, args.gpus, placement) for placement in placements]
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    if args.json:
+        return {run.teacher_placement: run.estimate.to_dict(args.gpu) for run in runs}
+    return "\n\n".join(
+        f"== per GPU: {run.describe()}\n{run.estimate.table(args.gpu, fixes=False)}" for run in runs
+    )
 
 
 def plan_flag(f: Field) -> str:
@@ -148,6 +181,12 @@ def run_plan(args: argparse.Namespace) -> int:
         raise UsageError(f"{' and '.join(missing)} {verb} required (or --recipe NAME).")
     plan = replace(base, **plan_overrides(args))
     estimate = predict(ModelShape.from_dir(student), ModelShape.from_dir(teacher), plan)
+    if args.engine is not None or args.gpus is not None:
+        if args.engine is None:
+            raise UsageError("--gpus needs --engine (ddp, zero1, zero2, zero3 or fsdp2).")
+        output = _per_gpu_output(args, estimate)
+        print(json.dumps(output, indent=2) if args.json else output)
+        return 0
     if args.json:
         print(json.dumps(estimate.to_dict(args.gpu), indent=2))
     else:

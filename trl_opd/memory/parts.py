@@ -32,6 +32,8 @@ PART_LABELS = {
     "teacher_weights": "teacher weights",
     "teacher_forward": "teacher forward",
     "teacher_cache_read": "teacher cache read",
+    "gathered_layers": "gathered layers",  # multi-GPU (.multi_gpu): a sharded model's layers, materialized
+    "gathered_heads": "gathered heads",
 }
 PHASES = ("generation", "training", "optimizer")
 PERSISTENT = ("student_weights", "adapters", "optimizer_states", "teacher_weights")

@@ -38,9 +38,9 @@ class Teacher:
     def prepare(
         cls, teacher, vocab_size: int, accelerator, *, placement: str = "sharded", run_backbone=None
     ) -> Teacher:
-        """Place ``teacher`` with the trainer's ``accelerator`` by ``placement`` (:func:`trl_opd.sharding.prepare_frozen`:
-        sharded like the student under ZeRO-3 and FSDP2, or a replica); ``vocab_size`` is the shared vocabulary
-        (:func:`trl_opd.compatibility.check_compatibility`)."""
+        """Place ``teacher`` with the trainer's ``accelerator`` by ``placement``
+        (:func:`trl_opd.sharding.prepare_frozen`: sharded like the student under ZeRO-3 and FSDP2, or a replica);
+        ``vocab_size`` is the shared vocabulary (:func:`trl_opd.compatibility.check_compatibility`)."""
         prepared = prepare_frozen(teacher, accelerator, placement)
         return cls(prepared, accelerator.unwrap_model(prepared), vocab_size, run_backbone)
 

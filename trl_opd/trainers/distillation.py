@@ -18,8 +18,8 @@ from trl.models.utils import unwrap_model_for_generation
 
 from ..data import check_row_types, completion_token_ids, cut_after_first_eos, is_empty_completion
 from ..divergences import LMHead
-from ..sharding import gathered_heads
 from ..scoring import left_padded
+from ..sharding import gathered_heads
 from ..teachers.cache import row_hash
 from ..teachers.routing import CACHE_ROW_COLUMN, TEACHER_ID_COLUMN
 from .arguments import resolve_args

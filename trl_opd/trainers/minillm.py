@@ -213,7 +213,11 @@ class MiniLLMTrainer(DistillationSetUp, GRPOTrainer):
         hidden = run_through(model, unwrapped, last_hidden_states, unwrapped, ids, attention_mask, k)[mask]
         with gathered_heads(unwrapped):
             log_probs = chunked_token_log_probs(
-                hidden, full_head(unwrapped), ids[:, -k:][mask], temperature=self.temperature, vocab_size=self.vocab_size
+                hidden,
+                full_head(unwrapped),
+                ids[:, -k:][mask],
+                temperature=self.temperature,
+                vocab_size=self.vocab_size,
             )
         return log_probs, hidden
 
