@@ -168,7 +168,7 @@ LAYERS = (
         "ownership",
     ),  # fmt: skip
     ("divergences", "scoring", "data", "evaluation", "policy_gradient"),
-    ("models", "compatibility", "teachers", "hooks"),
+    ("models", "compatibility", "sharding", "teachers", "hooks"),
     ("trainers",),
     ("pipeline", "cli"),
 )

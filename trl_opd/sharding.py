@@ -13,7 +13,8 @@ module calls:
   weight is reduce-scattered by ZeRO-3's hooks like any other.
 - **FSDP2** (``fully_shard``): a sharded parameter is a ``DTensor`` holding ``1/world`` of the rows. Inside the
   wrapped forward of the module that owns it the parameter is unsharded (a plain tensor); outside (the teacher, whose
-  forward already returned) :func:`full_head` materializes it with ``DTensor.full_tensor()`` (an all-gather).
+  forward already returned) :func:`full_head` materializes it with ``DTensor.full_tensor()`` (an all-gather), and a
+  no-grad call of a submodule runs inside :func:`unsharded`.
 
 Cost of a gather: the full head, ``V × H × bytes`` on every rank for the duration of one loss or scoring call, e.g.
 Qwen2.5-32B's 152064 × 5120 in bf16 = 1.56 GB, Qwen2.5-7B's 152064 × 3584 = 1.09 GB
@@ -89,20 +90,22 @@ def full_head(model) -> LMHead:
     return LMHead(_full(head.weight), _full(head.bias), head.scale, head.softcap)
 
 
-def run_through(prepared, unwrapped, method, *args, **kwargs):
-    """``method(*args, **kwargs)`` run inside ``prepared``'s forward (TRL's ``_ForwardRedirection``), so the engine's
-    pre-forward work happens first: FSDP2 unshards the root group (the embeddings, the head), DeepSpeed arms ZeRO-3,
-    DDP sees the call. ``prepared`` is the model as the accelerator prepared it (a ``DistributedDataParallel``, a
-    DeepSpeed engine, or the ``fully_shard``-ed model itself), ``unwrapped`` the bare one. A plain model (one process)
-    is called directly. Calling a submodule such as ``model.base_model`` of an FSDP2 model directly would read the
-    root's parameters as ``DTensor`` shards and fail."""
+@contextmanager
+def unsharded(model):
+    """Hold an FSDP2 model's root parameter group (the embeddings, the head, and every parameter not in a wrapped
+    layer) unsharded for the block, so a no-grad call of a submodule (``model.base_model`` for hidden states) reads
+    full tensors: outside the root's own forward they are ``DTensor`` shards. A no-op for any other model (DeepSpeed
+    ZeRO-3 gathers in each submodule's own forward hook; DDP and one process hold full weights)."""
     from torch.distributed.fsdp import FSDPModule
 
-    if prepared is unwrapped and not isinstance(prepared, FSDPModule):
-        return method(*args, **kwargs)
-    from trl.models.utils import _ForwardRedirection
-
-    return _ForwardRedirection()(prepared, unwrapped, method, *args, **kwargs)
+    if not isinstance(model, FSDPModule):
+        yield
+        return
+    model.unshard()
+    try:
+        yield
+    finally:
+        model.reshard()
 
 
 def local_numel(model) -> int:

@@ -79,9 +79,7 @@ def _per_gpu_output(args, estimate) -> str | dict:
         raise UsageError(str(error)) from None
     if args.json:
         return {run.teacher_placement: run.estimate.to_dict(args.gpu) for run in runs}
-    return "\n\n".join(
-        f"== per GPU: {run.describe()}\n{run.estimate.table(args.gpu, fixes=False)}" for run in runs
-    )
+    return "\n\n".join(f"== per GPU: {run.describe()}\n{run.estimate.table(args.gpu, fixes=False)}" for run in runs)
 
 
 def plan_flag(f: Field) -> str:

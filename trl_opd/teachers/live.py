@@ -9,7 +9,7 @@ import torch
 from ..divergences import LMHead, chunked_token_log_probs
 from ..models import disable_bnb_cpu_weight_repacking
 from ..scoring import last_hidden_states
-from ..sharding import full_head, gathered_heads, prepare_frozen, run_through
+from ..sharding import full_head, gathered_heads, prepare_frozen, unsharded
 
 
 #: ``run_backbone(prepared, unwrapped, input_ids, attention_mask, logits_to_keep) -> (B, logits_to_keep, H)``: the
@@ -24,13 +24,13 @@ class Teacher:
         model: the teacher as the trainer's accelerator prepared it (possibly wrapped for DeepSpeed/FSDP).
         unwrapped: the bare ``PreTrainedModel``.
         vocab_size: the rows of both heads the divergences compare (:func:`trl_opd.models.shared_vocab_size`).
-        run_backbone: how to run the backbone; default: the bare model's backbone run inside the prepared model's
-            forward (:func:`trl_opd.sharding.run_through`), so DeepSpeed/FSDP materialize its parameters.
+        run_backbone: how to run the backbone; default: the bare model's backbone, inside
+            :func:`trl_opd.sharding.unsharded` (FSDP2's root group held full; ZeRO-3 gathers in its own hooks).
     """
 
     def __init__(self, model, unwrapped, vocab_size: int, run_backbone: BackboneRunner | None = None):
         self.model, self.unwrapped, self.vocab_size = model, unwrapped, vocab_size
-        self._run_backbone = run_backbone or (lambda p, m, *a: run_through(p, m, last_hidden_states, m, *a))
+        self._run_backbone = run_backbone or _run_unsharded
         unwrapped.eval()
         disable_bnb_cpu_weight_repacking(unwrapped)
 
@@ -71,3 +71,8 @@ class Teacher:
                 hidden, self.head, targets, temperature=temperature, vocab_size=self.vocab_size
             )
         return log_probs, hidden
+
+
+def _run_unsharded(prepared, unwrapped, input_ids, attention_mask, logits_to_keep):
+    with unsharded(unwrapped):
+        return last_hidden_states(unwrapped, input_ids, attention_mask, logits_to_keep)

@@ -16,7 +16,7 @@ from trl import GRPOTrainer
 from ..divergences import chunked_per_token_divergence, chunked_token_log_probs
 from ..policy_gradient import minillm_advantages, token_rewards
 from ..scoring import last_hidden_states, left_padded
-from ..sharding import full_head, gathered_heads, run_through
+from ..sharding import full_head, gathered_heads, unsharded
 from .arguments import resolve_args
 from .lifecycle import Completions, DistillationSetUp
 from .minillm_config import MiniLLMConfig
@@ -208,9 +208,8 @@ class MiniLLMTrainer(DistillationSetUp, GRPOTrainer):
         """``(log p(y_t), hidden)`` of the masked completion tokens under a student-shaped ``model`` (the student,
         its adapter-disabled base, or the frozen reference copy) at the sampling temperature."""
         unwrapped = self.accelerator.unwrap_model(model)
-        if model is self.model:
-            model = self.model_wrapped  # the student as the accelerator prepared it
-        hidden = run_through(model, unwrapped, last_hidden_states, unwrapped, ids, attention_mask, k)[mask]
+        with unsharded(unwrapped):
+            hidden = last_hidden_states(unwrapped, ids, attention_mask, k)[mask]
         with gathered_heads(unwrapped):
             log_probs = chunked_token_log_probs(
                 hidden,
