@@ -77,3 +77,23 @@ def test_multi_gpu_flags_are_checked(capsys):
     assert "--gpus needs --engine" in capsys.readouterr().err
     with pytest.raises(ValueError, match="at least 1 GPU"):
         per_gpu(predict("qwen2.5-7b", "qwen2.5-32b"), "zero3", 0)
+
+
+def test_the_sharded_recipe_plans_per_gpu_and_its_accelerate_configs_ship(capsys):
+    from pathlib import Path
+
+    import yaml
+
+    from trl_opd.cli.recipes import recipe_paths, recipes_dir
+
+    recipe = recipe_paths()["gkd-7b-32b-sharded"]
+    assert yaml.safe_load(recipe.read_text())["teacher_placement"] == "sharded"
+    assert cli_main(["plan", "--config", str(recipe), "--engine", "zero3", "--gpus", "8", "--gpu", "80", "--json"]) == 0
+    (per_gpu_run,) = json.loads(capsys.readouterr().out).values()
+    assert per_gpu_run["sharded"]["fits"]["80.0"] and per_gpu_run["sharded"]["plan"]["teacher_top_k"] == 64
+    configs = {path.stem: yaml.safe_load(path.read_text()) for path in (recipes_dir() / "accelerate").glob("*.yaml")}
+    assert configs["zero3-8gpu"]["deepspeed_config"]["zero_stage"] == 3
+    assert configs["fsdp2-8gpu"]["fsdp_config"]["fsdp_version"] == 2
+    assert all(c["num_processes"] == 8 and c["mixed_precision"] == "bf16" for c in configs.values())
+    package_data = (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    assert '"recipes/accelerate/*.yaml"' in package_data

@@ -66,12 +66,21 @@ def add_multi_gpu_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _multi_gpu(args) -> bool:
+    """Whether per-GPU output was asked for (``--engine`` with ``--gpus``; either alone is refused)."""
+    if args.engine is None and args.gpus is None:
+        return False
+    if args.engine is None:
+        raise UsageError("--gpus needs --engine (ddp, zero1, zero2, zero3 or fsdp2).")
+    if args.gpus is None:
+        raise UsageError("--engine needs --gpus N (the number of GPUs of the run).")
+    return True
+
+
 def _per_gpu_output(args, estimate) -> str | dict:
     """The per-GPU tables (or JSON data) of ``estimate`` for each teacher placement ``--engine`` offers."""
     from ..memory.multi_gpu import per_gpu, valid_placements
 
-    if args.gpus is None:
-        raise UsageError("--engine needs --gpus N (the number of GPUs of the run).")
     placements = [args.teacher_placement] if args.teacher_placement else valid_placements(args.engine)
     try:
         runs = [per_gpu(estimate, args.engine, args.gpus, placement) for placement in placements]
@@ -162,6 +171,12 @@ def run_plan(args: argparse.Namespace) -> int:
             student = args.student or shape_name(student, "model_name_or_path")
             teacher = args.teacher or shape_name(teacher, "teacher_model_name_or_path")
             estimates.append((label, predict(ModelShape.from_dir(student), ModelShape.from_dir(teacher), plan)))
+        if _multi_gpu(args):
+            outputs = {label: _per_gpu_output(args, e) for label, e in estimates}
+            print(
+                json.dumps(outputs, indent=2) if args.json else "\n\n".join(f"== {k}\n{v}" for k, v in outputs.items())
+            )
+            return 0
         if args.json:
             print(json.dumps({label: e.to_dict(args.gpu) for label, e in estimates}, indent=2))
         else:
@@ -179,9 +194,7 @@ def run_plan(args: argparse.Namespace) -> int:
         raise UsageError(f"{' and '.join(missing)} {verb} required (or --recipe NAME).")
     plan = replace(base, **plan_overrides(args))
     estimate = predict(ModelShape.from_dir(student), ModelShape.from_dir(teacher), plan)
-    if args.engine is not None or args.gpus is not None:
-        if args.engine is None:
-            raise UsageError("--gpus needs --engine (ddp, zero1, zero2, zero3 or fsdp2).")
+    if _multi_gpu(args):
         output = _per_gpu_output(args, estimate)
         print(json.dumps(output, indent=2) if args.json else output)
         return 0
