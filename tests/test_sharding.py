@@ -50,6 +50,25 @@ def test_placements_are_checked_before_anything_is_placed(make_gkd_config):
         prepare_frozen(torch.nn.Linear(2, 2), fake_accelerator(zero_stage=3), "replica")
 
 
+def test_an_fsdp_config_that_accelerate_ran_as_ddp_is_named(monkeypatch, caplog):
+    class Accelerator:
+        state, num_processes = fake_accelerator().state, 2
+
+        @staticmethod
+        def prepare_model(model, evaluation_mode):
+            return model
+
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with caplog.at_level("WARNING", logger="trl_opd.sharding"):
+        prepare_frozen(torch.nn.Linear(2, 2), Accelerator(), "sharded")
+    assert "launched with an FSDP config but runs ddp" in caplog.text
+    caplog.clear()
+    monkeypatch.delenv("ACCELERATE_USE_FSDP")
+    with caplog.at_level("WARNING", logger="trl_opd.sharding"):
+        prepare_frozen(torch.nn.Linear(2, 2), Accelerator(), "sharded")
+    assert caplog.text == ""
+
+
 def test_recomputing_paths_are_refused_under_zero3_only():
     with pytest.raises(ValueError, match="token_importance recomputes .* Use ZeRO-2 or FSDP2"):
         refuse_recompute_under_zero3(fake_accelerator(zero_stage=3), "token_importance")

@@ -29,12 +29,16 @@ reference) by a :data:`PLACEMENTS` choice.
 
 from __future__ import annotations
 
+import logging
+import os
 from contextlib import ExitStack, contextmanager
 
 import torch
 
 from .divergences import LMHead
 
+
+logger = logging.getLogger(__name__)
 
 #: How a frozen model (teacher, reference) is placed under a sharding engine: ``"sharded"`` (ZeRO-3 partitions /
 #: FSDP2 shards, like the student) or ``"replica"`` (a full copy on every rank, as TRL does under FSDP).
@@ -146,6 +150,12 @@ def prepare_frozen(model, accelerator, placement: str = "sharded"):
     if placement not in PLACEMENTS:
         raise ValueError(f"teacher_placement={placement!r}: choose one of {', '.join(map(repr, PLACEMENTS))}.")
     engine = engine_of(accelerator)
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and not engine.startswith("fsdp"):
+        logger.warning(
+            "accelerate was launched with an FSDP config but runs %s: accelerate 1.16 turns FSDP configs into DDP on "
+            "CPU processes (use_cpu: true). Nothing is sharded; docs/multi-gpu.md (Known limits).",
+            engine,
+        )
     if engine.startswith("zero"):
         if engine == "zero3" and placement == "replica":
             raise ValueError(

@@ -21,6 +21,7 @@ import sys
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/, for helpers
 
 import fsdp_cpu_shim  # noqa: E402
 
@@ -33,23 +34,15 @@ from transformers import TrainerCallback  # noqa: E402
 
 torch.set_num_threads(1)
 
+from helpers import CPU_TRAINING_ARGS  # noqa: E402
+
 from trl_opd.sharding import engine_of, local_numel  # noqa: E402
 from trl_opd.tiny import addition_dataset, char_tokenizer, tiny_llama  # noqa: E402
 
 
 GLOBAL_BATCH = 8
 PLACEMENT = os.environ.get("MATRIX_TEACHER_PLACEMENT", "sharded")  # the teacher_placement of GKD and MiniLLM
-COMMON = dict(
-    bf16=False,
-    use_cpu=True,
-    report_to=[],
-    logging_steps=1,
-    save_strategy="no",
-    gradient_checkpointing=False,
-    seed=0,
-    disable_tqdm=True,
-    max_completion_length=6,
-)
+COMMON = dict(**CPU_TRAINING_ARGS, disable_tqdm=True, max_completion_length=6)
 
 
 def full_checksum(model) -> tuple[float, float]:
