@@ -18,6 +18,7 @@ from ..compatibility import check_compatibility, compare_heads, head_rows_of
 from ..divergences import LMHead
 from ..evaluation import guards
 from ..models import disable_bnb_cpu_weight_repacking, load_teacher
+from ..sharding import full_head
 from ..teachers import Teacher
 from ..teachers.cache import TeacherCache
 from ..teachers.routing import CACHE_ROW_COLUMN, TEACHER_ID_COLUMN, NamedTeachers, TeacherSet, check_teacher_ids
@@ -161,8 +162,9 @@ class TeacherMixin:
 
     @property
     def student_head(self) -> LMHead:
-        """The student's head (its gradient flows)."""
-        return LMHead.of(self.accelerator.unwrap_model(self.model))
+        """The student's head (its gradient flows); FSDP2 shards made full (:func:`trl_opd.sharding.full_head`), under
+        ZeRO-3 use it inside ``trl_opd.sharding.gathered_heads``."""
+        return full_head(self.accelerator.unwrap_model(self.model))
 
     def prompt_token_ids(self, prompts: list) -> list[list[int]]:
         """Token ids of ``prompts`` (text or messages) exactly as this trainer tokenizes them for generation."""
