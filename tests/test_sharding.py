@@ -1,4 +1,4 @@
-"""trl_opd.sharding: engine detection, placement choices and refusals, and the FSDP2 gathers in one process (the
+"""trl_opd.sharding: engine detection, placement choices, and the FSDP2 gathers in one process (the
 2-process engine matrix is tests/test_engines.py)."""
 
 import os
@@ -18,7 +18,6 @@ from trl_opd.sharding import (
     gathered_heads,
     local_numel,
     prepare_frozen,
-    refuse_recompute_under_zero3,
 )
 from trl_opd.tiny import tiny_llama
 
@@ -67,14 +66,6 @@ def test_an_fsdp_config_that_accelerate_ran_as_ddp_is_named(monkeypatch, caplog)
     with caplog.at_level("WARNING", logger="trl_opd.sharding"):
         prepare_frozen(torch.nn.Linear(2, 2), Accelerator(), "sharded")
     assert caplog.text == ""
-
-
-def test_recomputing_paths_are_refused_under_zero3_only():
-    with pytest.raises(ValueError, match="token_importance recomputes .* Use ZeRO-2 or FSDP2"):
-        refuse_recompute_under_zero3(fake_accelerator(zero_stage=3), "token_importance")
-    refuse_recompute_under_zero3(fake_accelerator(zero_stage=3), None)
-    refuse_recompute_under_zero3(fake_accelerator(zero_stage=2), "token_importance")
-    refuse_recompute_under_zero3(fake_accelerator(fsdp_version=2), "single_step=True")
 
 
 def test_on_one_process_the_heads_are_the_parameters_themselves(tok):

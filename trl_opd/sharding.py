@@ -112,18 +112,6 @@ def unsharded(model):
         model.reshard()
 
 
-def refuse_recompute_under_zero3(accelerator, feature: str | None) -> None:
-    """Refuse ``feature`` (a path whose loss recomputes the student's head in the backward pass: GKD's token
-    importance, MiniLLM's ``single_step``) under ZeRO-3, before any compute: the head is re-partitioned when the loss
-    returns, so the backward pass would read a ``numel 0`` weight. ``None``: nothing to refuse."""
-    if feature is None or engine_of(accelerator) != "zero3":
-        return
-    raise ValueError(
-        f"{feature} recomputes the student's head in the backward pass, which DeepSpeed ZeRO-3 has partitioned again "
-        "by then. Use ZeRO-2 or FSDP2 for it, or train without it under ZeRO-3 (docs/multi-gpu.md)."
-    )
-
-
 def local_numel(model) -> int:
     """Parameter elements this rank holds: ZeRO-3 partitions (``ds_tensor``), FSDP2 local shards, else full."""
     from torch.distributed.tensor import DTensor

@@ -5,6 +5,8 @@ plainly (one process): a tiny run of one trainer at a fixed global batch of 8 ro
 
 - ``gkd``: GKDTrainer, JSD β = 0.5 on the teacher's top-8 tokens + tail, λ linear from 0 (step 1: off-policy only, the
   same rows on any number of processes) to 0.5 at step 2.
+- ``gkd-tip``: the same with token importance (``TokenImportance()``: the top half of each micro-batch's tokens),
+  whose loss projects the student's head again in the backward pass.
 - ``minillm``: MiniLLMTrainer, 2 prompts × 4 generations per step.
 - ``spin``: SPINTrainer, one round.
 
@@ -83,7 +85,7 @@ def build(kind: str, out_dir: str, world: int, checksums: Checksums):
     student = tiny_llama(len(tok), tokenizer=tok, seed=1)
     teacher = tiny_llama(len(tok), tokenizer=tok, seed=2, hidden_size=64)
     per_device = GLOBAL_BATCH // world
-    if kind == "gkd":
+    if kind in ("gkd", "gkd-tip"):
         from trl_opd import DistillationConfig, GKDTrainer
 
         args = DistillationConfig(
@@ -99,8 +101,18 @@ def build(kind: str, out_dir: str, world: int, checksums: Checksums):
             lmbda_end=1.0,
             **COMMON,
         )
+        hooks = {}
+        if kind == "gkd-tip":  # TIP: per-token values first, the student's head projected again in the backward pass
+            from trl_opd.hooks import TokenImportance
+
+            hooks["token_importance"] = TokenImportance()
         trainer = GKDTrainer(
-            model=student, teacher_model=teacher, args=args, train_dataset=addition_dataset(), processing_class=tok
+            model=student,
+            teacher_model=teacher,
+            args=args,
+            train_dataset=addition_dataset(),
+            processing_class=tok,
+            **hooks,
         )
         return trainer, trainer, teacher
     if kind == "minillm":

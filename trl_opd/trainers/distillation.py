@@ -19,7 +19,7 @@ from trl.models.utils import unwrap_model_for_generation
 from ..data import check_row_types, completion_token_ids, cut_after_first_eos, is_empty_completion
 from ..divergences import LMHead
 from ..scoring import left_padded
-from ..sharding import gathered_heads, refuse_recompute_under_zero3
+from ..sharding import gathered_heads
 from ..teachers.cache import row_hash
 from ..teachers.routing import CACHE_ROW_COLUMN, TEACHER_ID_COLUMN
 from .arguments import resolve_args
@@ -189,7 +189,6 @@ class DistillationTrainer(DistillationSetUp, TRLDistillationTrainer):
             raise ValueError(
                 f"trl_opd.{type(self).__name__} supports text models only; use trl.DistillationTrainer for VLMs."
             )
-        refuse_recompute_under_zero3(self.accelerator, "token_importance" if self.token_importance else None)
         self._set_up_after_base(setup, teacher_processing_class, run_backbone=self._run_teacher_backbone)
         self.divergence = args.divergence
         self.seq_kd = args.seq_kd

@@ -16,7 +16,7 @@ from trl import GRPOTrainer
 from ..divergences import chunked_per_token_divergence, chunked_token_log_probs
 from ..policy_gradient import minillm_advantages, token_rewards
 from ..scoring import last_hidden_states, left_padded
-from ..sharding import full_head, gathered_heads, refuse_recompute_under_zero3, unsharded
+from ..sharding import full_head, gathered_heads, unsharded
 from .arguments import resolve_args
 from .lifecycle import Completions, DistillationSetUp
 from .minillm_config import MiniLLMConfig
@@ -139,7 +139,6 @@ class MiniLLMTrainer(DistillationSetUp, GRPOTrainer):
             quantization_config=quantization_config,
             peft_config=peft_config,
         )
-        refuse_recompute_under_zero3(self.accelerator, "single_step=True" if args.single_step else None)
         self._set_up_after_base(setup, teacher_processing_class)
         self.extrapolation_ref = None
         if args.extrapolation_lambda != 1.0 and not is_peft_model(self.model):
