@@ -68,6 +68,21 @@ def test_an_fsdp_config_that_accelerate_ran_as_ddp_is_named(monkeypatch, caplog)
     assert caplog.text == ""
 
 
+def test_spin_is_refused_with_a_sharded_student_before_anything_loads(monkeypatch):
+    from trl_opd.sharding import refuse_sharded_student
+
+    zero3 = SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=3), fsdp=None)
+    with pytest.raises(
+        ValueError, match="SPINTrainer does not support DeepSpeed ZeRO-3 yet: .* DDP or DeepSpeed ZeRO-1/2"
+    ):
+        refuse_sharded_student(zero3, "SPINTrainer", "its saves")
+    zero2 = SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=2), fsdp=None)
+    refuse_sharded_student(zero2, "SPINTrainer", "its saves")
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(ValueError, match="does not support FSDP yet"):
+        refuse_sharded_student(zero2, "SPINTrainer", "its saves")
+
+
 def test_on_one_process_the_heads_are_the_parameters_themselves(tok):
     model = tiny_llama(len(tok), tokenizer=tok)
     with gathered_heads(model, model, None):  # a model given twice, and no model, are fine

@@ -95,21 +95,35 @@ def full_head(model) -> LMHead:
 
 
 @contextmanager
-def unsharded(model):
-    """Hold an FSDP2 model's root parameter group (the embeddings, the head, and every parameter not in a wrapped
-    layer) unsharded for the block, so a no-grad call of a submodule (``model.base_model`` for hidden states) reads
-    full tensors: outside the root's own forward they are ``DTensor`` shards. A no-op for any other model (DeepSpeed
-    ZeRO-3 gathers in each submodule's own forward hook; DDP and one process hold full weights)."""
+def unsharded(*models):
+    """Hold each FSDP2 model's root parameter group (the embeddings, the head, and every parameter not in a wrapped
+    layer) unsharded for the block, so a no-grad call of a submodule (``model.base_model`` for hidden states) or a
+    direct read of the head sees full tensors: outside the root's own forward they are ``DTensor`` shards. Other
+    models are left alone (DeepSpeed ZeRO-3 gathers in each submodule's own forward hook; DDP and one process hold
+    full weights); a model given twice is unsharded once."""
     from torch.distributed.fsdp import FSDPModule
 
-    if not isinstance(model, FSDPModule):
-        yield
-        return
-    model.unshard()
+    sharded = list({id(m): m for m in models if isinstance(m, FSDPModule)}.values())
+    for model in sharded:
+        model.unshard()
     try:
         yield
     finally:
-        model.reshard()
+        for model in sharded:
+            model.reshard()
+
+
+def refuse_sharded_student(args, trainer: str, why: str) -> None:
+    """Refuse a trainer that cannot run with a sharded student (DeepSpeed ZeRO-3, FSDP) before anything is loaded:
+    ``args`` is its ``TrainingArguments`` (which carry accelerate's DeepSpeed plugin) and ``why`` what would fail."""
+    stage = getattr(getattr(args, "deepspeed_plugin", None), "zero_stage", None)
+    fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" or bool(getattr(args, "fsdp", None))
+    if stage == 3 or fsdp:
+        engine = "DeepSpeed ZeRO-3" if stage == 3 else "FSDP"
+        raise ValueError(
+            f"{trainer} does not support {engine} yet: {why}. Run it with DDP or DeepSpeed ZeRO-1/2 "
+            "(docs/multi-gpu.md)."
+        )
 
 
 def local_numel(model) -> int:

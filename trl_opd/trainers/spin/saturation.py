@@ -15,6 +15,7 @@ The round is saturated when every enabled check is below its threshold (:func:`s
 from __future__ import annotations
 
 from ...scoring import completion_divergences, completion_log_probs
+from ...sharding import gathered_heads, unsharded
 
 
 def saturation_verdict(
@@ -43,12 +44,14 @@ def kl_rows(
     """
     was_training = policy.training
     policy.eval()
+    # The scoring reads both heads directly and runs the backbones: full under ZeRO-3 and FSDP2 (trl_opd.sharding).
     try:
-        kl = completion_divergences(
-            policy, reference, prompt_ids, samples, "rkl", pad_token_id=pad_token_id, batch_size=batch_size
-        )
-        policy_lp = completion_log_probs(policy, prompt_ids, samples, pad_token_id, batch_size)
-        reference_lp = completion_log_probs(reference, prompt_ids, samples, pad_token_id, batch_size)
+        with gathered_heads(policy, reference), unsharded(policy, reference):
+            kl = completion_divergences(
+                policy, reference, prompt_ids, samples, "rkl", pad_token_id=pad_token_id, batch_size=batch_size
+            )
+            policy_lp = completion_log_probs(policy, prompt_ids, samples, pad_token_id, batch_size)
+            reference_lp = completion_log_probs(reference, prompt_ids, samples, pad_token_id, batch_size)
     finally:
         policy.train(was_training)
     return [(sum(k), sum(p) - sum(r), len(k)) for k, p, r in zip(kl, policy_lp, reference_lp, strict=True)]

@@ -34,6 +34,7 @@ from trl.data_utils import is_conversational
 from ...data import prepare_prompt_completion_dataset
 from ...hooks import FlawedPrefixFilter
 from ...models import disable_bnb_cpu_weight_repacking, load_model, shared_vocab_size
+from ...sharding import refuse_sharded_student
 from ..arguments import resolve_args
 from ..guard import NonFiniteError, nonfinite_trainable_parameters
 from .config import SPINConfig
@@ -130,6 +131,9 @@ class SPINTrainer(PairsMixin):
         callbacks: list[TrainerCallback] | None = None,
     ):
         args = resolve_args(args, SPINConfig, "spin-output")
+        refuse_sharded_student(
+            args, "SPINTrainer", "it saves each round's model with save_pretrained, which would write the shards"
+        )
         if train_dataset is None:
             raise ValueError("SPINTrainer needs a train_dataset with prompts (and completions, the 'chosen' side).")
         if not isinstance(train_dataset, Dataset):
