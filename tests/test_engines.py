@@ -119,12 +119,12 @@ def test_the_teacher_and_student_are_sharded_under_zero3_and_fsdp2_and_replicate
 
 
 @pytest.mark.slow
-def test_gkd_token_importance_recomputes_the_head_in_the_backward_pass_alike_under_zero3_and_zero2(
-    tmp_path, deepspeed_cpu_op
-):
+def test_gkd_token_importance_trains_the_same_under_zero3_as_zero2(tmp_path, deepspeed_cpu_op):
+    """TIP's loss projects the student's head again in the backward pass, after the gather of the forward ended."""
     zero2, zero3 = launch(tmp_path, "gkd-tip", "zero2"), launch(tmp_path, "gkd-tip", "zero3")
     assert_same_training(zero3, zero2, lr=1e-3)
-    assert_sharded(zero3, "student") and zero3["losses"][0] != zero2["losses"][0] * 0  # a real, nonzero loss
+    assert_sharded(zero3, "student")
+    assert zero3["losses"][0] > 0
 
 
 @pytest.mark.slow
