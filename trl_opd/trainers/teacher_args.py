@@ -35,6 +35,11 @@ class TeacherArguments:
             A folder written by `trl_opd.build_teacher_cache` / `trl-opd cache-teacher`: rows trained on their dataset
             completion take the teacher's top-k targets from it (no teacher forward pass); with `lmbda=0.0` no teacher
             needs to be loaded at all. Its `top_k` is the run's `teacher_top_k`.
+        teacher_server_timeout (`float`, *optional*, defaults to `120.0`):
+            Seconds one request to a teacher on a vLLM server (`teacher_model="http://host:port"`) may take.
+        teacher_server_retries (`int`, *optional*, defaults to `2`):
+            How many times a request to a teacher server that failed (connection refused, timeout, HTTP 429/5xx) is
+            sent again, with a doubling back-off from 1 s, before training stops with an error naming the server.
     """
 
     compatibility_check: str = field(
@@ -49,7 +54,19 @@ class TeacherArguments:
         metadata={"help": "Folder of an offline teacher cache serving the rows trained on dataset completions."},
     )
 
+    teacher_server_timeout: float = field(
+        default=120.0, metadata={"help": "Seconds one request to a teacher server may take."}
+    )
+    teacher_server_retries: int = field(
+        default=2, metadata={"help": "Retries of a failed request to a teacher server before training stops."}
+    )
+
     def __post_init__(self):
+        if self.teacher_server_timeout <= 0 or self.teacher_server_retries < 0:
+            raise ValueError(
+                f"teacher_server_timeout must be > 0 and teacher_server_retries >= 0, got "
+                f"{self.teacher_server_timeout} and {self.teacher_server_retries}."
+            )
         if self.compatibility_check not in COMPATIBILITY_CHECKS:
             raise ValueError(
                 f"compatibility_check must be one of {', '.join(map(repr, COMPATIBILITY_CHECKS))}, "
