@@ -79,7 +79,9 @@ def test_the_targets_are_the_local_teachers_top_k_and_tail(server, teacher, tok)
 def test_minillm_rewards_from_a_server_equal_the_local_teachers(tmp_path, server, teacher, tok, dataset):
     local = make_minillm_trainer(tmp_path / "l", tok, dataset, student=student(tok), teacher=teacher, teacher_top_k=K)
     local.train()
-    served = make_minillm_trainer(tmp_path / "s", tok, dataset, student=student(tok), teacher=server.url, teacher_top_k=K)
+    served = make_minillm_trainer(
+        tmp_path / "s", tok, dataset, student=student(tok), teacher=server.url, teacher_top_k=K
+    )
     served.train()
     key = "rewards/teacher_logprob/mean"
     assert logged(served, key) == pytest.approx(logged(local, key), abs=1e-5)
