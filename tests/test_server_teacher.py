@@ -2,7 +2,7 @@
 
 The fake computes vLLM's ``prompt_logprobs`` answer from a local model, so a run served by it must train like the same
 teacher held locally with the same k; its faults show each failure ends in a clear error before any weight changes.
-tests/vllm/test_vllm_server_teacher.py repeats the equality against a real vLLM server in the vLLM venv.
+tests/with_vllm/test_vllm_server_teacher.py repeats the equality against a real vLLM server in the vLLM venv.
 """
 
 import socket

@@ -17,7 +17,8 @@ import urllib.request
 import pytest
 
 
-pytest.importorskip("vllm", reason="vLLM is not installed (the vLLM tests run in their own venv: docs/teacher.md)")
+#: Each test module starts with ``pytest.importorskip("vllm", reason=NO_VLLM)``, so the main suite reports them skipped.
+NO_VLLM = "vLLM is not installed (the vLLM tests run in their own venv: docs/teacher.md)"
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
@@ -28,7 +29,7 @@ SERVER_START_TIMEOUT_S = 300
 
 def pytest_collection_modifyitems(items):
     for item in items:
-        if "tests/vllm/" in str(item.fspath).replace(os.sep, "/"):
+        if "tests/with_vllm/" in str(item.fspath).replace(os.sep, "/"):
             item.add_marker(pytest.mark.vllm)
 
 

@@ -1,12 +1,16 @@
 """A teacher on a real vLLM server (loopback, float32): GKD (λ = 0.5) and MiniLLM train with the loss of the same
-teacher held locally at the same k. Runs in the vLLM venv (tests/vllm/conftest.py)."""
+teacher held locally at the same k. Runs in the vLLM venv (tests/with_vllm/conftest.py)."""
 
 import pytest
-import torch
-from helpers import make_minillm_trainer, make_trainer
-from transformers import AutoModelForCausalLM
 
-from trl_opd.teachers.server import ServerTeacher
+
+pytest.importorskip("vllm", reason="vLLM is not installed (the vLLM tests run in their own venv: docs/teacher.md)")
+
+import torch  # noqa: E402
+from helpers import make_minillm_trainer, make_trainer  # noqa: E402
+from transformers import AutoModelForCausalLM  # noqa: E402
+
+from trl_opd.teachers.server import ServerTeacher  # noqa: E402
 
 
 K = 8
