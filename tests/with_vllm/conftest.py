@@ -22,6 +22,7 @@ NO_VLLM = "vLLM is not installed (the vLLM tests run in their own venv: docs/tea
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
+os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")  # apply_model in the colocate tests
 
 #: How long a vLLM server may take to become healthy before the test fails (an engine starts in 45-90 s on CPU).
 SERVER_START_TIMEOUT_S = 300

@@ -1,0 +1,93 @@
+"""vLLM colocate rollouts on CPU (TRL's ``use_vllm=True, vllm_mode="colocate"``) with ``vllm_dtype="float32"``: GKD
+(λ = 0.5) sends only its on-policy rows to vLLM, MiniLLM samples through GRPO's vLLM path, and after each weight sync
+vLLM holds exactly the student's weights. Runs in the vLLM venv (tests/with_vllm/conftest.py)."""
+
+import pytest
+
+
+pytest.importorskip("vllm", reason="vLLM is not installed (the vLLM tests run in their own venv: docs/teacher.md)")
+
+import torch  # noqa: E402
+from helpers import make_minillm_trainer, make_trainer  # noqa: E402
+
+
+VLLM = dict(use_vllm=True, vllm_mode="colocate", vllm_dtype="float32", vllm_max_model_length=128)
+
+
+def logged(trainer, key):
+    return [entry[key] for entry in trainer.state.log_history if key in entry]
+
+
+def vllm_weights(trainer) -> dict[str, torch.Tensor]:
+    """The head, embeddings, final norm and first fused q/k/v projection the colocated engine holds."""
+    names = (
+        "lm_head.weight",
+        "model.embed_tokens.weight",
+        "model.norm.weight",
+        "model.layers.0.self_attn.qkv_proj.weight",
+    )
+    params = trainer.vllm_generation.llm.apply_model(
+        lambda model: {n: p.detach().clone() for n, p in model.named_parameters() if n in names}
+    )[0]
+    assert set(params) == set(names)
+    return params
+
+
+def student_weights(trainer) -> dict[str, torch.Tensor]:
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    attention = model.model.layers[0].self_attn
+    return {
+        "lm_head.weight": model.lm_head.weight,
+        "model.embed_tokens.weight": model.model.embed_tokens.weight,
+        "model.norm.weight": model.model.norm.weight,
+        "model.layers.0.self_attn.qkv_proj.weight": torch.cat(
+            [attention.q_proj.weight, attention.k_proj.weight, attention.v_proj.weight]
+        ),
+    }
+
+
+def spy(trainer) -> dict:
+    """Record the prompts each vLLM generate call gets, and after each weight sync the largest difference between
+    the engine's weights and the student's."""
+    seen = {"prompts": [], "sync_differences": []}
+    generation = trainer.vllm_generation
+    generate, sync = generation.generate, generation.sync_weights
+
+    def recording_generate(prompts, *args, **kwargs):
+        seen["prompts"].append(len(prompts))
+        return generate(prompts, *args, **kwargs)
+
+    def checking_sync():
+        sync()
+        mine, theirs = student_weights(trainer), vllm_weights(trainer)
+        # vLLM pads the vocabulary rows of its head and embeddings (to a multiple of 64): compare the student's rows.
+        differences = [(mine[n].detach() - theirs[n][: mine[n].shape[0]]).abs().max() for n in mine]
+        seen["sync_differences"].append(max(map(float, differences)))
+
+    generation.generate, generation.sync_weights = recording_generate, checking_sync
+    return seen
+
+
+def test_gkd_sends_only_its_on_policy_rows_to_vllm_and_syncs_exact_weights(tmp_path, model_dirs, tok, dataset):
+    trainer = make_trainer(
+        tmp_path, tok, dataset, model_dirs["student"], model_dirs["teacher"], lmbda=0.5, max_steps=3, **VLLM
+    )
+    assert trainer.vllm_generation.llm.llm_engine.model_config.dtype == torch.float32
+    seen = spy(trainer)
+    trainer.train()
+    on_policy_rows = [round(f * 4) for f in logged(trainer, "on_policy_fraction")]
+    assert 0 < sum(on_policy_rows) < 4 * len(on_policy_rows)  # a mixed run
+    assert sum(seen["prompts"]) == sum(on_policy_rows)  # every on-policy row, and only those, came from vLLM
+    assert seen["sync_differences"] and max(seen["sync_differences"]) == 0.0  # float32: exactly the student's weights
+    assert all(torch.isfinite(torch.tensor(logged(trainer, "loss"))))
+
+
+def test_minillm_samples_through_grpos_vllm_path(tmp_path, model_dirs, tok, dataset):
+    trainer = make_minillm_trainer(
+        tmp_path, tok, dataset, model_dirs["student"], model_dirs["teacher"], max_steps=2, **VLLM
+    )
+    seen = spy(trainer)
+    trainer.train()
+    assert seen["prompts"] and sum(seen["prompts"]) > 0
+    assert seen["sync_differences"] and max(seen["sync_differences"]) == 0.0
+    assert all(torch.isfinite(torch.tensor(logged(trainer, "loss"))))
