@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 from dataclasses import dataclass, field
 
 
@@ -53,8 +54,9 @@ def vllm_engine_dtype(args):
         yield
         return
     from trl.generation import vllm_generation
-    from vllm import _custom_ops
     from vllm.platforms import current_platform
+
+    _custom_ops = importlib.import_module("vllm._custom_ops")  # vLLM's own switch; no public one exists
 
     engine, onednn = vllm_generation.LLM, _custom_ops._supports_onednn
     vllm_generation.LLM = functools.partial(engine, dtype=dtype)
