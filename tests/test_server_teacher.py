@@ -160,6 +160,11 @@ def test_a_different_chat_template_or_model_name_is_refused(tmp_path, server, to
         make_trainer(tmp_path, tok, dataset, teacher=server.url + "#other", **RUN)
 
 
+def test_a_k_above_the_servers_max_logprobs_stops_the_run_before_training(tmp_path, server, tok, dataset):
+    with pytest.raises(ServerError, match="greater than max allowed: 20.*--max-logprobs"):
+        make_trainer(tmp_path, tok, dataset, teacher=server.url, **{**RUN, "teacher_top_k": 21})
+
+
 def test_what_needs_the_teachers_weights_or_another_temperature_is_refused(tmp_path, server, tok, dataset):
     with pytest.raises(ValueError, match="set teacher_top_k"):
         make_trainer(tmp_path, tok, dataset, teacher=server.url, max_steps=1)

@@ -298,8 +298,12 @@ class ServerTeacher:
         )
         return ScoredTokens(targets, torch.tensor(token_lps, dtype=torch.float32, device=device))
 
-    def check_length(self, max_tokens: int | None) -> None:
-        """Refuse, before training, rows that can be longer than the served model's context."""
+    def check(self, max_tokens: int | None, probe: list[int]) -> None:
+        """Before training: refuse rows that can be longer than the served model's context, and score ``probe`` (a
+        few token ids) once at this k, so that a k above the server's ``--max-logprobs`` stops the run here."""
+        answer = self.server.prompt_logprobs([list(probe)], self.top_k)[0]
+        for t in range(1, len(probe)):
+            _parse_position(answer[t], probe[t], self.top_k, f"position {t} of a probe", self.vocab_size)
         self._max_model_len = self.server.max_model_len()
         if max_tokens is not None and self._max_model_len is not None and max_tokens >= self._max_model_len:
             raise ValueError(

@@ -133,7 +133,8 @@ class TeacherMixin:
         check_unit_temperature(getattr(self, "loss_temperature", self.temperature), server.url)
         teacher = ServerTeacher(server, top_k, shared, label)
         prompt, completion = self.args.max_prompt_length, self.max_completion_length
-        teacher.check_length(None if prompt is None or completion is None else prompt + completion)
+        probe = self._text_tokenizer.encode("Hello, world!", add_special_tokens=False)
+        teacher.check(None if prompt is None or completion is None else prompt + completion, probe)
         return teacher, report
 
     def _open_teacher_cache(self) -> TeacherCache | None:
