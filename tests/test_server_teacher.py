@@ -55,6 +55,8 @@ def test_a_mixed_gkd_run_on_a_server_teacher_equals_the_local_teacher_with_the_s
         torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-4)
     scored = [p for path, p in server.requests if path == "/v1/completions"]
     assert scored and all(p["prompt_logprobs"] == K and p["max_tokens"] == 1 for p in scored)
+    with pytest.raises(ValueError, match="teacher cache or a server"):
+        served.sample_guards(dataset.select(range(2)))
 
 
 def test_the_targets_are_the_local_teachers_top_k_and_tail(server, teacher, tok):

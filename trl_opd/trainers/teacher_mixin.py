@@ -220,8 +220,11 @@ class TeacherMixin:
     def sample_guards(self, dataset, max_new_tokens: int | None = None) -> dict[str, float]:
         """The collapse guards (:func:`trl_opd.evaluation.guards`) of this trainer's student and teacher on the
         prompts of ``dataset``, sampled like training (temperature, ``max_completion_length``)."""
-        if self.teacher is None:
-            raise ValueError("The guards compare the student with a live teacher; this run has only a teacher cache.")
+        if self.teacher is None or self.teacher.unwrapped is None:
+            raise ValueError(
+                "The guards compare the student with a live teacher held in this process; this run's teacher is a "
+                "teacher cache or a server. Load the teacher locally to run them."
+            )
         tokenizer = self._text_tokenizer
         return guards(
             self.accelerator.unwrap_model(self.model),
