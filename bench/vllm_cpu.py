@@ -104,7 +104,7 @@ def start_server(model_dir: str, top_k: int) -> tuple[subprocess.Popen, str]:
     port = free_port()
     command = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir, "--host", "127.0.0.1",
-        "--port", str(port), "--dtype", "float32", "--max-logprobs", str(top_k), "--max-model-len", "1024",
+        "--port", str(port), "--dtype", "float32", "--max-logprobs", str(top_k), "--max-model-len", "2048",
     ]  # fmt: skip
     log = open(os.path.join(tempfile.mkdtemp(), "server.log"), "w")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
