@@ -262,6 +262,11 @@ def run(args: argparse.Namespace) -> dict:
     from trl_opd import DistillationConfig, GKDTrainer
 
     cuda = torch.cuda.is_available()
+    if args.vllm is not None and not cuda:
+        raise SystemExit(
+            "--vllm needs a CUDA GPU: on a CPU the live-tensor meter would trace vLLM's compiled graphs "
+            "(tests/with_vllm covers vLLM rollouts on CPU)."
+        )
     if not cuda and not args.tiny:
         raise SystemExit("No CUDA GPU: this check needs one. --tiny runs the same path with tiny shapes on a CPU.")
     device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
@@ -297,7 +302,7 @@ def run(args: argparse.Namespace) -> dict:
         after_teacher = torch.cuda.memory_allocated(device) if cuda else 0
         if args.vllm is not None:  # TRL's colocated vLLM loads the student from its name_or_path
             student.save_pretrained(workdir / "vllm-student")
-            student.config._name_or_path = str(workdir / "vllm-student")
+            student.name_or_path = student.config._name_or_path = str(workdir / "vllm-student")
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
         raise
