@@ -1,6 +1,7 @@
 """vLLM colocate rollouts on CPU (TRL's ``use_vllm=True, vllm_mode="colocate"``) with ``vllm_dtype="float32"``: GKD
 (λ = 0.5) sends only its on-policy rows to vLLM, MiniLLM samples through GRPO's vLLM path, and after each weight sync
-vLLM holds exactly the student's weights. Runs in the vLLM venv (tests/with_vllm/conftest.py)."""
+vLLM holds exactly the student's weights; before training, greedy rollouts from vLLM and from ``generate`` agree token
+for token (float32, the same weights). Runs in the vLLM venv (tests/with_vllm/conftest.py)."""
 
 import pytest
 
@@ -9,6 +10,8 @@ pytest.importorskip("vllm", reason="vLLM is not installed (the vLLM tests run in
 
 import torch  # noqa: E402
 from helpers import make_minillm_trainer, make_trainer  # noqa: E402
+
+from trl_opd.data import cut_after_first_eos  # noqa: E402
 
 
 VLLM = dict(use_vllm=True, vllm_mode="colocate", vllm_dtype="float32", vllm_max_model_length=128)
@@ -68,11 +71,34 @@ def spy(trainer) -> dict:
     return seen
 
 
+GREEDY_ROWS, GREEDY_TOKENS = 6, 8
+
+
+def greedy_from_vllm(trainer, dataset) -> list[list[int]]:
+    from vllm import SamplingParams
+
+    prompts = [{"prompt_token_ids": ids} for ids in trainer.prompt_token_ids(dataset["prompt"][:GREEDY_ROWS])]
+    params = SamplingParams(temperature=0.0, max_tokens=GREEDY_TOKENS)
+    outputs = trainer.vllm_generation.llm.generate(prompts, params, use_tqdm=False)
+    return [cut_after_first_eos(list(o.outputs[0].token_ids), trainer.eos_token_ids) for o in outputs]
+
+
+def greedy_from_generate(trainer, dataset) -> list[list[int]]:
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    out = []
+    for ids in trainer.prompt_token_ids(dataset["prompt"][:GREEDY_ROWS]):  # one row at a time: no padding
+        with torch.no_grad():
+            tokens = model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=GREEDY_TOKENS)
+        out.append(cut_after_first_eos(tokens[0, len(ids) :].tolist(), trainer.eos_token_ids))
+    return out
+
+
 def test_gkd_sends_only_its_on_policy_rows_to_vllm_and_syncs_exact_weights(tmp_path, model_dirs, tok, dataset):
     trainer = make_trainer(
         tmp_path, tok, dataset, model_dirs["student"], model_dirs["teacher"], lmbda=0.5, max_steps=3, **VLLM
     )
     assert trainer.vllm_generation.llm.llm_engine.model_config.dtype == torch.float32
+    assert greedy_from_vllm(trainer, dataset) == greedy_from_generate(trainer, dataset)
     seen = spy(trainer)
     trainer.train()
     on_policy_rows = [round(f * 4) for f in logged(trainer, "on_policy_fraction")]
