@@ -177,3 +177,28 @@ def test_what_needs_the_teachers_weights_or_another_temperature_is_refused(tmp_p
     with pytest.raises(ValueError, match="max_model_len 16"):
         server.max_model_len = 16
         make_trainer(tmp_path, tok, dataset, teacher=server.url, max_prompt_length=12, **RUN)
+
+
+def test_tip_and_a_teacher_cache_combine_with_a_server_teacher(tmp_path, server, teacher, tok, dataset):
+    """λ = 0.5 with TIP weights and the off-policy rows served by a teacher cache: the server scores the on-policy rows
+    only, and the run trains as with the local teacher."""
+    from trl_opd import build_teacher_cache
+    from trl_opd.hooks import TokenImportance
+
+    cache = str(tmp_path / "cache")
+    build_teacher_cache(teacher, tok, dataset, K, cache, max_completion_length=6, batch_size=16)
+    run = {**RUN, "teacher_cache": cache, "max_steps": 3}
+
+    def trainer(name, teacher_model):
+        tip = TokenImportance(mode="top_fraction", keep_fraction=0.5)
+        return make_trainer(tmp_path / name, tok, dataset, student(tok), teacher_model, token_importance=tip, **run)
+
+    local = trainer("local", teacher)
+    local.train()
+    served = trainer("served", server.url)
+    served.train()
+    assert logged(served, "teacher/cache/tokens") and logged(served, "teacher/teacher/tokens")
+    assert logged(served, "teacher/teacher/tokens") == logged(local, "teacher/teacher/tokens")
+    assert logged(served, "loss") == pytest.approx(logged(local, "loss"), rel=1e-5, abs=1e-6)
+    scored_rows = sum(len(p["prompt"]) for path, p in server.requests if path == "/v1/completions") - 1  # the probe
+    assert scored_rows == sum(round(f * 4) for f in logged(served, "on_policy_fraction"))  # on-policy rows only
