@@ -168,6 +168,8 @@ def test_a_k_above_the_servers_max_logprobs_stops_the_run_before_training(tmp_pa
 
 
 def test_what_needs_the_teachers_weights_or_another_temperature_is_refused(tmp_path, server, tok, dataset):
+    with pytest.raises(ValueError, match="without its scheme: write 'http://127.0.0.1:8000'"):
+        make_trainer(tmp_path, tok, dataset, teacher="127.0.0.1:8000", **RUN)
     with pytest.raises(ValueError, match="set teacher_top_k"):
         make_trainer(tmp_path, tok, dataset, teacher=server.url, max_steps=1)
     with pytest.raises(ValueError, match="seq_kd samples off-policy completions from the teacher"):

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
 import socket
 import time
 import urllib.error
@@ -52,8 +54,17 @@ class ServerError(RuntimeError):
 
 
 def is_server_url(value) -> bool:
-    """Whether a ``teacher_model`` value names a server (``http://`` or ``https://``) rather than a model."""
-    return isinstance(value, str) and value.startswith(("http://", "https://"))
+    """Whether a ``teacher_model`` value names a server (``http://`` or ``https://``) rather than a model; a bare
+    ``host:port`` that is no folder is refused, naming the fix (it would otherwise be looked up as a Hub repo)."""
+    if not isinstance(value, str):
+        return False
+    if value.startswith(("http://", "https://")):
+        return True
+    if re.fullmatch(r"[\w.-]+:\d+(/.*)?", value) and not os.path.exists(value):
+        raise ValueError(
+            f"teacher_model={value!r} looks like a server address without its scheme: write 'http://{value}'."
+        )
+    return False
 
 
 class TeacherServer:
