@@ -204,3 +204,17 @@ def test_tip_and_a_teacher_cache_combine_with_a_server_teacher(tmp_path, server,
     assert logged(served, "loss") == pytest.approx(logged(local, "loss"), rel=1e-5, abs=1e-6)
     scored_rows = sum(len(p["prompt"]) for path, p in server.requests if path == "/v1/completions") - 1  # the probe
     assert scored_rows == sum(round(f * 4) for f in logged(served, "on_policy_fraction"))  # on-policy rows only
+
+
+def test_trl_opd_check_probes_a_teacher_server(tmp_path, server, tok, capsys):
+    from trl_opd.cli import main as cli_main
+
+    folder = tmp_path / "student"
+    tiny_llama(len(tok), tokenizer=tok, seed=1).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    assert cli_main(["check", "--student", str(folder), "--teacher", server.url]) == 0
+    out = capsys.readouterr().out
+    assert "served model                 tiny-teacher" in out and "verdict: compatible" in out
+    server.faults["chat_template"] = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    assert cli_main(["check", "--student", str(folder), "--teacher", server.url]) == 1
+    assert "renders the chat template differently" in capsys.readouterr().out
