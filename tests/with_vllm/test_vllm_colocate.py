@@ -21,7 +21,7 @@ def logged(trainer, key):
     return [entry[key] for entry in trainer.state.log_history if key in entry]
 
 
-def vllm_weights(trainer) -> dict[str, torch.Tensor]:
+def vllm_weights(generation) -> dict[str, torch.Tensor]:
     """The head, embeddings, final norm and first fused q/k/v projection the colocated engine holds."""
     names = (
         "lm_head.weight",
@@ -29,15 +29,14 @@ def vllm_weights(trainer) -> dict[str, torch.Tensor]:
         "model.norm.weight",
         "model.layers.0.self_attn.qkv_proj.weight",
     )
-    params = trainer.vllm_generation.llm.apply_model(
+    params = generation.llm.apply_model(
         lambda model: {n: p.detach().clone() for n, p in model.named_parameters() if n in names}
     )[0]
     assert set(params) == set(names)
     return params
 
 
-def student_weights(trainer) -> dict[str, torch.Tensor]:
-    model = trainer.accelerator.unwrap_model(trainer.model)
+def student_weights(model) -> dict[str, torch.Tensor]:
     attention = model.model.layers[0].self_attn
     return {
         "lm_head.weight": model.lm_head.weight,
@@ -49,20 +48,22 @@ def student_weights(trainer) -> dict[str, torch.Tensor]:
     }
 
 
-def spy(trainer) -> dict:
-    """Record the prompts each vLLM generate call gets, and after each weight sync the largest difference between
-    the engine's weights and the student's."""
-    seen = {"prompts": [], "sync_differences": []}
-    generation = trainer.vllm_generation
+def spy(generation, student) -> dict:
+    """Record the prompts each vLLM generate call gets and the completions it returns, and after each weight sync
+    the largest difference between the engine's weights and the student's (``student()`` returns the model)."""
+    seen = {"prompts": [], "completions": [], "sync_differences": [], "synced_heads": []}
     generate, sync = generation.generate, generation.sync_weights
 
     def recording_generate(prompts, *args, **kwargs):
         seen["prompts"].append(len(prompts))
-        return generate(prompts, *args, **kwargs)
+        out = generate(prompts, *args, **kwargs)
+        seen["completions"] += [list(ids) for ids in out[1]]
+        return out
 
     def checking_sync():
         sync()
-        mine, theirs = student_weights(trainer), vllm_weights(trainer)
+        mine, theirs = student_weights(student()), vllm_weights(generation)
+        seen["synced_heads"].append(theirs["lm_head.weight"])
         # vLLM pads the vocabulary rows of its head and embeddings (to a multiple of 64): compare the student's rows.
         differences = [(mine[n].detach() - theirs[n][: mine[n].shape[0]]).abs().max() for n in mine]
         seen["sync_differences"].append(max(map(float, differences)))
@@ -99,7 +100,7 @@ def test_gkd_sends_only_its_on_policy_rows_to_vllm_and_syncs_exact_weights(tmp_p
     )
     assert trainer.vllm_generation.llm.llm_engine.model_config.dtype == torch.float32
     assert greedy_from_vllm(trainer, dataset) == greedy_from_generate(trainer, dataset)
-    seen = spy(trainer)
+    seen = spy(trainer.vllm_generation, lambda: trainer.accelerator.unwrap_model(trainer.model))
     trainer.train()
     on_policy_rows = [round(f * 4) for f in logged(trainer, "on_policy_fraction")]
     assert 0 < sum(on_policy_rows) < 4 * len(on_policy_rows)  # a mixed run
@@ -112,8 +113,41 @@ def test_minillm_samples_through_grpos_vllm_path(tmp_path, model_dirs, tok, data
     trainer = make_minillm_trainer(
         tmp_path, tok, dataset, model_dirs["student"], model_dirs["teacher"], max_steps=2, **VLLM
     )
-    seen = spy(trainer)
+    seen = spy(trainer.vllm_generation, lambda: trainer.accelerator.unwrap_model(trainer.model))
     trainer.train()
     assert seen["prompts"] and sum(seen["prompts"]) > 0
     assert seen["sync_differences"] and max(seen["sync_differences"]) == 0.0
     assert all(torch.isfinite(torch.tensor(logged(trainer, "loss"))))
+
+
+def test_spin_samples_its_rejected_completions_from_vllm_with_the_synced_student(tmp_path, model_dirs, tok, dataset):
+    from trl_opd.trainers.spin import SPINTrainer
+    from trl_opd.trainers.spin_config import SPINConfig
+
+    args = SPINConfig(
+        output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=2, learning_rate=1e-2, disable_tqdm=True,
+        max_rounds=2, use_cpu=True, bf16=False, report_to="none", max_completion_length=6, num_saturation_samples=4,
+        prompts_per_round=8, **VLLM,
+    )  # fmt: skip
+    rows = dataset.select(range(16))
+    trainer = SPINTrainer(model_dirs["student"], args=args, train_dataset=rows, processing_class=tok)
+    assert trainer.vllm_generation.llm.llm_engine.model_config.dtype == torch.float32
+    seen = spy(trainer.vllm_generation, lambda: trainer.model)
+    rejected_per_round = []
+    make_pairs = trainer._make_pairs
+
+    def recording_make_pairs(k):
+        pairs, record = make_pairs(k)
+        rejected_per_round.append(list(trainer.last_rejected_ids))
+        return pairs, record
+
+    trainer._make_pairs = recording_make_pairs
+    history = trainer.train()
+    assert len(history) == 2 and seen["prompts"] == [8, 8]  # one vLLM call per round, every prompt of the round
+    assert [len(r) for r in rejected_per_round] == [8, 8]
+    # Every rejected sample is a vLLM completion (cut after its first EOS, as vLLM stops there).
+    vllm_rows = [cut_after_first_eos(c, trainer.eos_token_ids) for c in seen["completions"]]
+    assert rejected_per_round[0] + rejected_per_round[1] == vllm_rows
+    # One sync per round, each leaving exactly the student's weights in vLLM; round 2's are the trained θ_1.
+    assert len(seen["sync_differences"]) == 2 and max(seen["sync_differences"]) == 0.0
+    assert not torch.equal(seen["synced_heads"][0], seen["synced_heads"][1])
