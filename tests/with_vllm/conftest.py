@@ -49,6 +49,28 @@ def model_dirs(tmp_path_factory, tok):
     return folders
 
 
+@pytest.fixture(scope="session", autouse=True)
+def shared_colocated_engines():
+    """One colocated vLLM engine per distinct set of ``vllm.LLM`` arguments for the whole session: TRL's
+    ``VLLMGeneration`` builds one per trainer (45-90 s each on CPU), and a trainer syncs its weights into the engine
+    before its first generation, so trainers on the same model folder, dtype and context can share one. Yields the
+    ``{arguments: engine}`` cache."""
+    from trl.generation import vllm_generation
+
+    engines = {}
+    build = vllm_generation.LLM
+
+    def cached(**kwargs):
+        key = repr(sorted(kwargs.items()))
+        if key not in engines:
+            engines[key] = build(**kwargs)
+        return engines[key]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(vllm_generation, "LLM", cached)
+        yield engines
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -12,6 +12,7 @@ import torch  # noqa: E402
 from helpers import make_minillm_trainer, make_trainer  # noqa: E402
 
 from trl_opd.data import cut_after_first_eos  # noqa: E402
+from trl_opd.hooks import FlawedPrefixFilter  # noqa: E402
 
 
 VLLM = dict(use_vllm=True, vllm_mode="colocate", vllm_dtype="float32", vllm_max_model_length=128)
@@ -73,6 +74,8 @@ def spy(generation, student) -> dict:
 
 
 GREEDY_ROWS, GREEDY_TOKENS = 6, 8
+#: The tiny student's 12-token vLLM rollouts have perplexities of about 40-52: this threshold rejects some of them.
+PERPLEXITY = 48.0
 
 
 def greedy_from_vllm(trainer, dataset) -> list[list[int]]:
@@ -99,6 +102,7 @@ def test_gkd_sends_only_its_on_policy_rows_to_vllm_and_syncs_exact_weights(tmp_p
         tmp_path, tok, dataset, model_dirs["student"], model_dirs["teacher"], lmbda=0.5, max_steps=3, **VLLM
     )
     assert trainer.vllm_generation.llm.llm_engine.model_config.dtype == torch.float32
+    trainer.vllm_generation.sync_weights()  # the engine may be shared with an earlier test (conftest.py)
     assert greedy_from_vllm(trainer, dataset) == greedy_from_generate(trainer, dataset)
     seen = spy(trainer.vllm_generation, lambda: trainer.accelerator.unwrap_model(trainer.model))
     trainer.train()
@@ -151,3 +155,37 @@ def test_spin_samples_its_rejected_completions_from_vllm_with_the_synced_student
     # One sync per round, each leaving exactly the student's weights in vLLM; round 2's are the trained θ_1.
     assert len(seen["sync_differences"]) == 2 and max(seen["sync_differences"]) == 0.0
     assert not torch.equal(seen["synced_heads"][0], seen["synced_heads"][1])
+
+
+def test_gkd_with_vllm_the_prefix_filter_and_a_resume(tmp_path, model_dirs, tok, dataset, shared_colocated_engines):
+    """λ = 0.5, vLLM rollouts and the flawed-prefix filter ("replace"): the filter judges exactly the rows vLLM
+    sampled; stopped at checkpoint-2 and resumed, the run logs the uninterrupted run's losses."""
+
+    def run(resume=None):
+        trainer = make_trainer(
+            tmp_path, tok, dataset, model_dirs["student"], model_dirs["teacher"], lmbda=0.5, max_steps=4,
+            save_strategy="steps", save_steps=2, max_completion_length=12,
+            prefix_filter=FlawedPrefixFilter(max_perplexity=PERPLEXITY, policy="replace"), **VLLM,
+        )  # fmt: skip
+        seen = spy(trainer.vllm_generation, lambda: trainer.accelerator.unwrap_model(trainer.model))
+        trainer.train(resume_from_checkpoint=resume)
+        return trainer, seen
+
+    engines = len(shared_colocated_engines)
+    full, seen = run()
+    rejected = [round(r) for r in logged(full, "prefix_filter/rejected")]
+    on_policy = [round(f * 4) for f in logged(full, "on_policy_fraction")]
+    assert len(rejected) == len(seen["prompts"]) == 4
+    # The filter judged exactly the rows vLLM sampled; those it rejected were replaced by the dataset completions.
+    assert on_policy == [sampled - dropped for sampled, dropped in zip(seen["prompts"], rejected, strict=True)]
+    assert sum(rejected) > 0 and sum(on_policy) > 0  # PERPLEXITY lies among the rollouts' perplexities
+    assert max(seen["sync_differences"]) == 0.0
+
+    resumed, seen_resumed = run(resume=str(tmp_path / "checkpoint-2"))
+    assert seen_resumed["prompts"] == seen["prompts"][2:]  # steps 3 and 4 sampled again from vLLM
+    # vLLM's CPU sampler draws from torch's global generator, which the checkpoint's RNG state restores: the same
+    # rollouts, the same verdicts, the same losses.
+    assert logged(resumed, "prefix_filter/rejected") == logged(full, "prefix_filter/rejected")
+    assert logged(resumed, "loss") == logged(full, "loss")
+    assert max(seen_resumed["sync_differences"]) == 0.0
+    assert len(shared_colocated_engines) <= engines + 1  # both runs on one engine
