@@ -4,6 +4,7 @@
     python scripts/gpu_check.py --teacher qwen2.5-7b --teacher-quant bf16
     python scripts/gpu_check.py --tiny                           # tiny shapes: runs on a CPU in about a minute
     python scripts/gpu_check.py --output gpu_check.json          # also write every figure as JSON
+    python scripts/gpu_check.py --student-quant bf16 --vllm 0.3  # rollouts from a colocated vLLM (needs `vllm`)
 
 Nothing is downloaded. The models are built from the shape configs in ``trl_opd/configs`` with random weights, in
 bf16, directly on the device; a model to be quantized is saved once (safetensors, bf16) to ``--workdir`` (default
@@ -79,7 +80,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--tiny", action="store_true", help="tiny Qwen2-shaped models (CPU-friendly)")
     parser.add_argument("--workdir", default=None, help="where random-weight models are saved before 4-bit loading")
     parser.add_argument("--output", default=None, help="write the figures as JSON here")
+    parser.add_argument("--vllm", type=float, default=None, metavar="SHARE",
+                        help="generate with a colocated vLLM taking this share of the card "
+                        "(vllm_gpu_memory_utilization;"
+                        " a bf16 student, saved to --workdir for vLLM to load)")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.vllm is not None and args.student_quant != "bf16":
+        parser.error("--vllm needs --student-quant bf16 (vLLM loads the student from a folder, unquantized).")
     args.prompt_length = args.prompt_length or (24 if args.tiny else 512)
     args.completion_length = args.completion_length or (24 if args.tiny else 1536)
     return args
@@ -255,6 +262,11 @@ def run(args: argparse.Namespace) -> dict:
     from trl_opd import DistillationConfig, GKDTrainer
 
     cuda = torch.cuda.is_available()
+    if args.vllm is not None and not cuda:
+        raise SystemExit(
+            "--vllm needs a CUDA GPU: on a CPU the live-tensor meter would trace vLLM's compiled graphs "
+            "(tests/with_vllm covers vLLM rollouts on CPU)."
+        )
     if not cuda and not args.tiny:
         raise SystemExit("No CUDA GPU: this check needs one. --tiny runs the same path with tiny shapes on a CPU.")
     device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
@@ -273,6 +285,7 @@ def run(args: argparse.Namespace) -> dict:
         completion_length=args.completion_length,
         gradient_checkpointing=args.gradient_checkpointing,
         divergence=args.divergence,
+        **({} if args.vllm is None else {"generation_backend": "vllm", "vllm_gpu_memory_utilization": args.vllm}),
     )
     estimate = predict(student_shape, teacher_shape, plan)
     print(f"device: {torch.cuda.get_device_name(device) if cuda else 'cpu'}; {plan.describe()}", flush=True)
@@ -287,7 +300,13 @@ def run(args: argparse.Namespace) -> dict:
         after_student = torch.cuda.memory_allocated(device) if cuda else 0
         teacher = build_model(teacher_cfg, args.teacher_quant, device, workdir, "teacher")
         after_teacher = torch.cuda.memory_allocated(device) if cuda else 0
-    finally:
+        if args.vllm is not None:  # TRL's colocated vLLM loads the student from its name_or_path
+            student.save_pretrained(workdir / "vllm-student")
+            student.name_or_path = student.config._name_or_path = str(workdir / "vllm-student")
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    if args.vllm is None:
         shutil.rmtree(workdir, ignore_errors=True)
     figures["load_seconds"] = time.perf_counter() - t0
     measured = {"student_weights": model_bytes(student), "teacher_weights": model_bytes(teacher)}
@@ -325,6 +344,17 @@ def run(args: argparse.Namespace) -> dict:
         disable_dropout=True,
         shuffle_dataset=False,
         seed=0,
+        **(
+            {}
+            if args.vllm is None
+            else dict(
+                use_vllm=True,
+                vllm_mode="colocate",
+                vllm_gpu_memory_utilization=args.vllm,
+                vllm_dtype="bfloat16" if cuda else "float32",
+                vllm_max_model_length=args.prompt_length + args.completion_length,
+            )
+        ),
     )
     peft_config = LoraConfig(
         r=args.lora_rank,
@@ -410,6 +440,8 @@ def run(args: argparse.Namespace) -> dict:
         loss_module.chunked_divergence_loss = original_loss
         for hook in hooks:
             hook.remove()
+        if args.vllm is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
 
     persistent_measured = sum(measured.get(k, 0) for k in ("student_weights", "teacher_weights", "adapters",
                                                             "optimizer_states"))  # fmt: skip

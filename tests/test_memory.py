@@ -603,8 +603,8 @@ def test_teacher_placement_is_validated():
         TrainingPlan(teacher_source="cache")
     with pytest.raises(ValueError, match="set teacher_top_k"):
         TrainingPlan(teacher_source="cache+live")
-    with pytest.raises(ValueError, match="teacher_source must be one of live, cache, cache\\+live"):
-        TrainingPlan(teacher_source="server")
+    with pytest.raises(ValueError, match="teacher_source must be one of live, cache, cache\\+live, server"):
+        TrainingPlan(teacher_source="remote")
     for bad in (0, -3, True, 2.5):
         with pytest.raises(ValueError, match="teacher_top_k must be a positive integer"):
             TrainingPlan(teacher_top_k=bad)

@@ -2,6 +2,7 @@
 one step on tiny models, the 7B QLoRA one plans like the planner's recipe, and ``trl-opd demo`` says how long it takes
 before it starts."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -78,6 +79,24 @@ def test_the_7b_qlora_recipe_plans_like_the_planners_recipe(capsys):
     assert (shape_name(student, "student"), shape_name(teacher, "teacher"), plan) == RECIPES["7b-nf4-7b-bf16"]
     assert main(["plan", "--config", str(PATHS["gkd-7b-qlora"])]) == 0
     assert "24 GB: fits" in capsys.readouterr().out
+
+
+def test_the_7b_qlora_vllm_recipe_plans_the_same_run_plus_vllms_share(capsys):
+    keys = yaml.safe_load(PATHS["gkd-7b-qlora-vllm"].read_text())
+    base = yaml.safe_load(PATHS["gkd-7b-qlora"].read_text())
+    vllm_keys = {"use_vllm", "vllm_mode", "vllm_gpu_memory_utilization", "vllm_max_model_length", "vllm_dtype"}
+    assert {k: v for k, v in keys.items() if k not in vllm_keys | {"output_dir"}} == {
+        k: v for k, v in base.items() if k != "output_dir"
+    }
+    assert keys["use_vllm"] is True and keys["vllm_mode"] == "colocate"
+    assert keys["vllm_max_model_length"] == keys["max_prompt_length"] + keys["max_completion_length"]
+    plan = training_plan("gkd", keys)[2]
+    share = keys["vllm_gpu_memory_utilization"]
+    assert plan == replace(training_plan("gkd", base)[2], generation_backend="vllm", vllm_gpu_memory_utilization=share)
+    assert main(["plan", "--config", str(PATHS["gkd-7b-qlora-vllm"])]) == 0
+    out = capsys.readouterr().out
+    assert f"vLLM colocated ({share:.2f})" in out and f"every phase: {share:g} × card" in out
+    assert "24 GB: does not fit" in out and "40 GB: fits" in out  # the base recipe fits 24 GB (test above)
 
 
 @pytest.mark.parametrize("name", CPU_SINGLE)

@@ -1,5 +1,6 @@
 """The shipped recipes load, and ``trl-opd plan --config`` plans them like the planner's named recipes."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,9 @@ from trl_opd.pipeline.recipe import load_recipe
 
 
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
-GPU_RECIPES = sorted(p.stem for p in RECIPES_DIR.glob("7b-*.yaml"))
+GPU_RECIPES = sorted(p.stem for p in RECIPES_DIR.glob("7b-*.yaml") if not p.stem.endswith("-vllm"))
+VLLM_RECIPES = sorted(p.stem for p in RECIPES_DIR.glob("7b-*-vllm.yaml"))
+VLLM_KEYS = {"use_vllm", "vllm_mode", "vllm_gpu_memory_utilization", "vllm_max_model_length", "vllm_dtype"}
 
 
 def test_every_pipeline_recipe_loads():
@@ -35,6 +38,29 @@ def test_gpu_recipes_are_the_planners_recipes(name):
         if stage.trainer == "gkd":
             s, t, stage_plan = training_plan(stage.trainer, stage.keys)
             assert (shape_name(s, "student"), shape_name(t, "teacher"), stage_plan) == (student, teacher, plan)
+
+
+@pytest.mark.parametrize("name", VLLM_RECIPES)
+def test_vllm_recipes_plan_their_base_recipe_plus_vllms_share(name, capsys):
+    """``NAME-vllm.yaml`` is ``NAME.yaml`` with colocated vLLM rollouts: each stage plans as the base recipe's with the
+    vLLM backend and its share of the card, and ``trl-opd plan --config`` reports that share."""
+    base_name = name.removesuffix("-vllm")
+    keys, base = (yaml.safe_load((RECIPES_DIR / f"{n}.yaml").read_text()) for n in (name, base_name))
+    assert {k: v for k, v in keys.items() if k not in VLLM_KEYS | {"output_dir"}} == {
+        k: v for k, v in base.items() if k != "output_dir"
+    }
+    assert keys["use_vllm"] is True and keys["vllm_mode"] == "colocate"
+    assert keys["vllm_max_model_length"] == keys["max_prompt_length"] + keys["max_completion_length"]
+    share = keys["vllm_gpu_memory_utilization"]
+    recipe, base_recipe = load_recipe(RECIPES_DIR / f"{name}.yaml"), load_recipe(RECIPES_DIR / f"{base_name}.yaml")
+    for stage, base_stage in zip(recipe.stages, base_recipe.stages, strict=True):
+        plan = training_plan(stage.trainer, stage.keys)[2]
+        expected = training_plan(base_stage.trainer, base_stage.keys)[2]
+        assert plan == replace(expected, generation_backend="vllm", vllm_gpu_memory_utilization=share), stage.name
+    assert main(["plan", "--config", str(RECIPES_DIR / f"{name}.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert out.count(f"vLLM colocated ({share:.2f})") == len(recipe.stages)
+    assert out.count(f"every phase: {share:g} × card") == len(recipe.stages)
 
 
 def test_plan_reads_the_recipe_and_flags_override_it(capsys):

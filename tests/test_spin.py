@@ -679,3 +679,13 @@ def test_spin_example_runs_offline(tmp_path):
     assert "| round |" in result.stdout and "stop reason:" in result.stdout
     saved = json.loads((tmp_path / "rounds.json").read_text())
     assert len(saved["rounds"]) in (1, 2) and (tmp_path / "round-1" / "config.json").exists()
+
+
+def test_spin_vllm_options_are_checked_before_any_engine_starts(tmp_path, tok, dataset):
+    with pytest.raises(ValueError, match="only 'colocate'"):
+        spin_config(tmp_path, use_vllm=True, vllm_mode="server")
+    with pytest.raises(ValueError, match="vllm_gpu_memory_utilization"):
+        spin_config(tmp_path, use_vllm=True, vllm_gpu_memory_utilization=1.5)
+    # An in-memory model has no folder for vLLM to load: refused naming the fix (without vLLM installed too).
+    with pytest.raises(ValueError, match="save_pretrained"):
+        make_spin(tmp_path, tok, dataset, use_vllm=True)

@@ -20,7 +20,12 @@ def register(subparsers) -> None:
         ),
     )
     parser.add_argument("--student", required=True, help="the student's folder (config.json + tokenizer)")
-    parser.add_argument("--teacher", required=True, help="the teacher's folder (config.json + its own tokenizer)")
+    parser.add_argument(
+        "--teacher",
+        required=True,
+        help="the teacher's folder (config.json + its own tokenizer), or a vLLM server's address (http://host:port): "
+        "its served model, context, tokenizer and chat template are probed",
+    )
     parser.add_argument(
         "--dataset",
         help="rows with prompt + completion (or messages): a save_to_disk folder, a .json/.jsonl/.parquet file, or "
@@ -36,7 +41,16 @@ def run_check(args: argparse.Namespace) -> int:
     from transformers import AutoConfig, AutoTokenizer
 
     from ..compatibility import check_compatibility, teacher_nll
+    from ..teachers.server import TeacherServer, check_server_compatibility, is_server_url
 
+    if is_server_url(args.teacher):
+        if args.dataset:
+            raise UsageError("--dataset scores a local teacher; drop it to check a teacher server.")
+        if not os.path.isdir(args.student):
+            raise UsageError(f"--student {args.student!r} is not a folder; pass the folder holding its tokenizer.")
+        report = check_server_compatibility(TeacherServer(args.teacher), AutoTokenizer.from_pretrained(args.student))
+        print(report.format())
+        return 0 if report.ok else 1
     for flag, folder in (("--student", args.student), ("--teacher", args.teacher)):
         if not os.path.isdir(folder):
             raise UsageError(f"{flag} {folder!r} is not a folder; pass the folder holding the model's config.json.")

@@ -171,14 +171,19 @@ def predict(
     if plan.reads_teacher_cache:
         parts["teacher_cache_read"] = teacher_cache_read_bytes(plan)
         training += ("teacher_cache_read",)
-        if not plan.loads_teacher:
+        if plan.teacher_source == "server":
+            notes.append(
+                "teacher_source='server': the teacher runs on a vLLM server; no teacher weights or forward here"
+            )
+        elif not plan.loads_teacher:
             notes.append(
                 "teacher_source='cache': an off-policy (λ ≡ 0) stage; no teacher weights, teacher forward or "
                 "generation on this GPU"
             )
         k = plan.teacher_top_k
         notes.append(
-            f"the teacher cache holds top-{k} ids and log-probabilities + 1 tail log-mass per completion token "
+            f"{'each answer of the teacher server' if plan.teacher_source == 'server' else 'the teacher cache'} holds "
+            f"top-{k} ids and log-probabilities + 1 tail log-mass per completion token "
             f"({teacher_cache_bytes_per_token(k)} B); a micro-batch reads {parts['teacher_cache_read'] / 2**20:.2f} MiB"
         )
     phase_parts = {

@@ -21,7 +21,7 @@ GENERATION_BACKENDS = ("hf", "vllm", "vllm-server")
 OPTIMIZERS = ("adamw", "adamw_8bit")
 #: Where the teacher's targets come from: its live forward pass, an offline top-k cache (an off-policy λ ≡ 0 stage),
 #: or both (a mixed stage: the live teacher scores the on-policy rows, the cache serves the others).
-TEACHER_SOURCES = ("live", "cache", "cache+live")
+TEACHER_SOURCES = ("live", "cache", "cache+live", "server")
 
 
 def setting(
@@ -66,7 +66,9 @@ class TrainingPlan:
         teacher_source: ``"live"`` (the teacher's weights and forward pass on this GPU), ``"cache"`` (an off-policy
             λ ≡ 0 stage whose targets are read from an offline teacher cache: no teacher weights, no teacher forward
             and no generation on this GPU, plus the cache read of a micro-batch) or ``"cache+live"`` (a mixed stage:
-            the live teacher scores the on-policy rows, the cache serves the dataset rows).
+            the live teacher scores the on-policy rows, the cache serves the dataset rows) or ``"server"`` (a teacher on
+            a vLLM server, ``teacher_model="http://..."``: no teacher weights or forward on this GPU, its top-k
+            targets arrive with each micro-batch).
         teacher_top_k: the top-k + tail loss: the teacher side of each token is its k most likely tokens and one tail
             bin (k + 1 bins instead of V); the cache stores exactly that (8k + 4 bytes per token). ``None``: the full
             vocabulary (a live teacher only).
@@ -95,7 +97,8 @@ class TrainingPlan:
     teacher_source: str = setting(
         "live",
         "live teacher; cache = an off-policy (λ ≡ 0) stage reading an offline top-k cache (no teacher, no "
-        "generation on this GPU); cache+live = a mixed stage",
+        "generation on this GPU); cache+live = a mixed stage; server = a teacher on a vLLM server (no teacher weights "
+        "here)",
         "teacher",
         choices=TEACHER_SOURCES,
     )
@@ -138,9 +141,10 @@ class TrainingPlan:
             raise ValueError(f"vllm_gpu_memory_utilization must be in (0, 1), got {self.vllm_gpu_memory_utilization}.")
         check_top_k(self.teacher_top_k)
         if self.reads_teacher_cache and self.teacher_top_k is None:
+            where = "a vLLM server" if self.teacher_source == "server" else "a cache"
             raise ValueError(
-                f"teacher_source={self.teacher_source!r} reads the teacher's top-k log-probabilities from a cache: "
-                "set teacher_top_k to the k the cache was built with (e.g. 64)."
+                f"teacher_source={self.teacher_source!r} reads the teacher's top-k log-probabilities from {where}: "
+                "set teacher_top_k to its k (e.g. 64)."
             )
 
     @property
@@ -157,13 +161,13 @@ class TrainingPlan:
 
     @property
     def loads_teacher(self) -> bool:
-        """Whether the teacher's weights are on this GPU (every source but ``"cache"``)."""
-        return self.teacher_source != "cache"
+        """Whether the teacher's weights are on this GPU (every source but ``"cache"`` and ``"server"``)."""
+        return self.teacher_source not in ("cache", "server")
 
     @property
     def reads_teacher_cache(self) -> bool:
-        """Whether micro-batches carry cached teacher targets (``"cache"`` and ``"cache+live"``)."""
-        return self.teacher_source in ("cache", "cache+live")
+        """Whether micro-batches carry precomputed top-k targets (``"cache"``, ``"cache+live"``, ``"server"``)."""
+        return self.teacher_source in ("cache", "cache+live", "server")
 
     @property
     def generates(self) -> bool:
@@ -179,7 +183,8 @@ class TrainingPlan:
         if not self.generates:
             gen = "no generation (off-policy)"
         teacher = {"live": f"teacher {self.teacher_quant}", "cache": "teacher from the cache",
-                   "cache+live": f"teacher {self.teacher_quant} + cache"}[self.teacher_source]  # fmt: skip
+                   "cache+live": f"teacher {self.teacher_quant} + cache",
+                   "server": "teacher on a vLLM server"}[self.teacher_source]  # fmt: skip
         if self.teacher_top_k is not None:
             teacher += f" (top-{self.teacher_top_k} + tail)"
         return (

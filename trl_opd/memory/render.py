@@ -66,7 +66,8 @@ def table(estimate, gpu_sizes: Sequence[float] = GPU_SIZES_GB, fixes: bool = Tru
 def _alive_in(estimate, part: str) -> str:
     """The table's "alive in" column: the phases a part lives in, or why a part is absent from this stage."""
     if part in ("teacher_weights", "teacher_forward") and not estimate.plan.loads_teacher:
-        return "not on this GPU (targets from the teacher cache)"
+        source = "a vLLM server" if estimate.plan.teacher_source == "server" else "the teacher cache"
+        return f"not on this GPU (targets from {source})"
     if part in ("kv_cache", "generation_workspace") and not estimate.plan.generates:
         return "none (an off-policy stage generates nothing)"
     if part in PERSISTENT:

@@ -132,6 +132,11 @@ class TeacherSet:
             rows = [r for r in rows if positions_of[r].numel()]
             if not rows:
                 continue
+            if teacher.head is None:  # a teacher behind a server: top-k targets of its rows
+                select = torch.tensor(rows, device=input_ids.device)
+                targets = teacher.targets(input_ids[select], attention_mask[select], logits_to_keep, loss_mask[select])
+                sides.append(TeacherSide(label, torch.cat([positions_of[r] for r in rows]), targets=targets))
+                continue
             if len(rows) == batch:  # the common case: one teacher scores the whole micro-batch
                 hidden = teacher.hidden_states(input_ids, attention_mask, logits_to_keep)[loss_mask]
                 sides.append(

@@ -27,6 +27,7 @@ from .distillation_config import DistillationConfig
 from .distillation_loss import distillation_loss
 from .lifecycle import Completions, DistillationSetUp
 from .mixing import MixedBatch, on_policy_mask
+from .vllm_rollouts import vllm_engine_dtype
 
 
 logger = logging.getLogger(__name__)
@@ -172,19 +173,20 @@ class DistillationTrainer(DistillationSetUp, TRLDistillationTrainer):
         # The trainer keeps the evaluation datasets as given (as TRL does) and evaluates their checked and converted
         # copies (`get_eval_dataloader`).
         self._eval_prepared = self._pair_eval_datasets(eval_dataset, setup.eval_dataset)
-        super().__init__(
-            model=model,
-            teacher_model=None,  # loaded above: the parent's check of equal `config.vocab_size` refuses padded heads
-            args=args,
-            train_dataset=setup.train_dataset,
-            eval_dataset=eval_dataset,
-            processing_class=processing_class,
-            callbacks=callbacks,
-            optimizers=optimizers,
-            quantization_config=quantization_config,
-            peft_config=peft_config,
-            tools=tools,
-        )
+        with vllm_engine_dtype(args):  # the colocated vLLM engine, when used, in the dtype asked for
+            super().__init__(
+                model=model,
+                teacher_model=None,  # loaded above: the parent refuses heads of unequal `config.vocab_size`
+                args=args,
+                train_dataset=setup.train_dataset,
+                eval_dataset=eval_dataset,
+                processing_class=processing_class,
+                callbacks=callbacks,
+                optimizers=optimizers,
+                quantization_config=quantization_config,
+                peft_config=peft_config,
+                tools=tools,
+            )
         if self._is_vlm:
             raise ValueError(
                 f"trl_opd.{type(self).__name__} supports text models only; use trl.DistillationTrainer for VLMs."

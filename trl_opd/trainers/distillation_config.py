@@ -13,10 +13,11 @@ from ..schedules import CONFIG_FIELDS, LMBDA_SCHEDULES, LambdaSchedule
 from .guard import FiniteGuardArguments
 from .prompts import PromptArguments
 from .teacher_args import TeacherArguments
+from .vllm_rollouts import VLLMArguments
 
 
 @dataclass
-class DistillationConfig(TeacherArguments, PromptArguments, FiniteGuardArguments, TRLDistillationConfig):
+class DistillationConfig(TeacherArguments, PromptArguments, FiniteGuardArguments, VLLMArguments, TRLDistillationConfig):
     r"""
     Configuration class for [`DistillationTrainer`]: on-policy distillation, with per-sample λ-mixing as an option.
 

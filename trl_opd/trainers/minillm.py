@@ -21,6 +21,7 @@ from .arguments import resolve_args
 from .lifecycle import Completions, DistillationSetUp
 from .minillm_config import MiniLLMConfig
 from .rewards import CheckedReward, checked_reward_funcs
+from .vllm_rollouts import vllm_engine_dtype
 
 
 logger = logging.getLogger(__name__)
@@ -126,19 +127,20 @@ class MiniLLMTrainer(DistillationSetUp, GRPOTrainer):
             completions=Completions(),  # rollouts are the student's own: a `prompt` column suffices
             hooks=dict(token_importance=token_importance, prefix_filter=prefix_filter),
         )  # fmt: skip
-        super().__init__(
-            model=model,
-            reward_funcs=reward_funcs,
-            args=args,
-            train_dataset=setup.train_dataset,
-            eval_dataset=setup.eval_dataset,
-            processing_class=processing_class,
-            reward_processing_classes=reward_processing_classes,
-            callbacks=callbacks,
-            optimizers=optimizers,
-            quantization_config=quantization_config,
-            peft_config=peft_config,
-        )
+        with vllm_engine_dtype(args):  # the colocated vLLM engine, when used, in the dtype asked for
+            super().__init__(
+                model=model,
+                reward_funcs=reward_funcs,
+                args=args,
+                train_dataset=setup.train_dataset,
+                eval_dataset=setup.eval_dataset,
+                processing_class=processing_class,
+                reward_processing_classes=reward_processing_classes,
+                callbacks=callbacks,
+                optimizers=optimizers,
+                quantization_config=quantization_config,
+                peft_config=peft_config,
+            )
         self._set_up_after_base(setup, teacher_processing_class)
         self.extrapolation_ref = None
         if args.extrapolation_lambda != 1.0 and not is_peft_model(self.model):

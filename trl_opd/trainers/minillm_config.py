@@ -12,13 +12,14 @@ from ..divergences import reverse_kl_share
 from .guard import FiniteGuardArguments
 from .prompts import PromptArguments
 from .teacher_args import TeacherArguments
+from .vllm_rollouts import VLLMArguments
 
 
 BASELINES = ("mean", "none")
 
 
 @dataclass
-class MiniLLMConfig(TeacherArguments, PromptArguments, FiniteGuardArguments, GRPOConfig):
+class MiniLLMConfig(TeacherArguments, PromptArguments, FiniteGuardArguments, VLLMArguments, GRPOConfig):
     r"""
     Configuration class for [`MiniLLMTrainer`]: reverse-KL distillation as policy gradient, with reward extrapolation.
 

@@ -41,6 +41,11 @@ class TeacherArguments:
             `"sharded"` partitions it like the student under DeepSpeed ZeRO-3 and FSDP2 (a teacher larger than one
             GPU fits); `"replica"` keeps a full copy on every rank (FSDP2 only; TRL's choice, no all-gather per
             forward). DDP and ZeRO-1/2 always replicate the teacher.
+        teacher_server_timeout (`float`, *optional*, defaults to `120.0`):
+            Seconds one request to a teacher on a vLLM server (`teacher_model="http://host:port"`) may take.
+        teacher_server_retries (`int`, *optional*, defaults to `2`):
+            How many times a request to a teacher server that failed (connection refused, timeout, HTTP 429/5xx) is
+            sent again, with a doubling back-off from 1 s, before training stops with an error naming the server.
     """
 
     compatibility_check: str = field(
@@ -59,11 +64,22 @@ class TeacherArguments:
         default="sharded",
         metadata={"help": "Multi-GPU placement of a live teacher: 'sharded' (ZeRO-3, FSDP2) or 'replica' (FSDP2)."},
     )
+    teacher_server_timeout: float = field(
+        default=120.0, metadata={"help": "Seconds one request to a teacher server may take."}
+    )
+    teacher_server_retries: int = field(
+        default=2, metadata={"help": "Retries of a failed request to a teacher server before training stops."}
+    )
 
     def __post_init__(self):
         if self.teacher_placement not in PLACEMENTS:
             raise ValueError(
                 f"teacher_placement must be one of {', '.join(map(repr, PLACEMENTS))}, got {self.teacher_placement!r}."
+            )
+        if self.teacher_server_timeout <= 0 or self.teacher_server_retries < 0:
+            raise ValueError(
+                f"teacher_server_timeout must be > 0 and teacher_server_retries >= 0, got "
+                f"{self.teacher_server_timeout} and {self.teacher_server_retries}."
             )
         if self.compatibility_check not in COMPATIBILITY_CHECKS:
             raise ValueError(

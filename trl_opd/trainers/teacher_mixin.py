@@ -22,6 +22,13 @@ from ..sharding import full_head
 from ..teachers import Teacher
 from ..teachers.cache import TeacherCache
 from ..teachers.routing import CACHE_ROW_COLUMN, TEACHER_ID_COLUMN, NamedTeachers, TeacherSet, check_teacher_ids
+from ..teachers.server import (
+    ServerTeacher,
+    TeacherServer,
+    check_server_compatibility,
+    check_unit_temperature,
+    is_server_url,
+)
 
 
 #: The id of the teacher when a single one is given.
@@ -43,7 +50,7 @@ class TeacherMixin:
         if teacher_model is None:
             return {}
         items = teacher_model.items() if isinstance(teacher_model, Mapping) else [(SINGLE_TEACHER, teacher_model)]
-        loaded = {str(k): load_teacher(v, args.teacher_model_init_kwargs, args) for k, v in items}
+        loaded = {str(k): _load_teacher_or_server(v, args) for k, v in items}
         if isinstance(teacher_model, Mapping):
             loaded = NamedTeachers(loaded)
         if not loaded:
@@ -58,6 +65,9 @@ class TeacherMixin:
         mode = getattr(self.args, "compatibility_check", "error")
         teachers, reports = {}, {}
         for label, model in loaded.items():
+            if isinstance(model, TeacherServer):
+                teachers[label], reports[label] = self._attach_server_teacher(label, model, loaded, mode)
+                continue
             report = check_compatibility(student, model, self._text_tokenizer, teacher_tokenizer)
             if isinstance(loaded, NamedTeachers):
                 report.facts["teacher id"] = label
@@ -73,6 +83,8 @@ class TeacherMixin:
         cache = self._open_teacher_cache()
         if cache is not None:
             for label, model in loaded.items():
+                if isinstance(model, TeacherServer):
+                    continue  # a served teacher's weights cannot be fingerprinted; the cache's row hashes still apply
                 cache.check_teacher(model, f"teacher {label!r}" if len(loaded) > 1 else "teacher")
         self.teacher_top_k = self._run_top_k(cache)
         vocab_sizes = [t.vocab_size for t in teachers.values()]
@@ -94,6 +106,37 @@ class TeacherMixin:
         self.teacher_model = None if self.teacher is None else self.teacher.model
         self.vocab_size = min(vocab_sizes)
         disable_bnb_cpu_weight_repacking(self.model)
+
+    def _attach_server_teacher(self, label: str, server: TeacherServer, loaded: dict, mode: str):
+        """``(ServerTeacher, report)`` for a teacher behind a vLLM server (:mod:`trl_opd.teachers.server`): its
+        tokenizer and chat template probed against the student's, the run's k and temperature and the rows' length
+        checked against what a server can answer."""
+        needs_weights = {
+            "seq_kd": "samples off-policy completions from the teacher",
+            "single_step": "differentiates the exact reverse KL over the teacher's whole vocabulary",
+            "teacher_mix_alpha": "samples tokens from the teacher/student mixture",
+        }
+        for name, why in needs_weights.items():
+            if getattr(self.args, name, False):
+                raise ValueError(
+                    f"{name} {why}, which needs the teacher's weights in this process; the teacher {label!r} is a "
+                    f"server ({server.url}). Turn {name} off, or pass the teacher as a local model."
+                )
+        report = check_server_compatibility(server, self._text_tokenizer, label if len(loaded) > 1 else None)
+        student_rows = head_rows_of(self.accelerator.unwrap_model(self.model))
+        shared, suppressed, problems = compare_heads(student_rows, len(self._text_tokenizer), len(self._text_tokenizer))
+        report.shared_vocab_size, report.suppressed_ids = shared, suppressed
+        report.problems += [p for p in problems if p.level == "error"]
+        report.raise_or_warn(mode)
+        top_k = self.args.teacher_top_k
+        if top_k is None and getattr(self.args, "teacher_cache", None) is not None:
+            top_k = TeacherCache(self.args.teacher_cache).top_k
+        check_unit_temperature(getattr(self, "loss_temperature", self.temperature), server.url)
+        teacher = ServerTeacher(server, top_k, shared, label)
+        prompt, completion = self.args.max_prompt_length, self.max_completion_length
+        probe = self._text_tokenizer.encode("Hello, world!", add_special_tokens=False)
+        teacher.check(None if prompt is None or completion is None else prompt + completion, probe)
+        return teacher, report
 
     def _open_teacher_cache(self) -> TeacherCache | None:
         path = getattr(self.args, "teacher_cache", None)
@@ -119,6 +162,11 @@ class TeacherMixin:
             return self.args.teacher_top_k
         self.args.warn_if_top_k_is_unsafe(cache.top_k)
         return cache.top_k
+
+    @property
+    def teacher_is_served(self) -> bool:
+        """Whether a teacher of this run is behind a server (no hidden states, no weights in this process)."""
+        return any(isinstance(t, ServerTeacher) for t in self.teachers.teachers.values())
 
     @staticmethod
     def _index_rows_for_teachers(train_dataset, args, teacher_model):
@@ -174,8 +222,11 @@ class TeacherMixin:
     def sample_guards(self, dataset, max_new_tokens: int | None = None) -> dict[str, float]:
         """The collapse guards (:func:`trl_opd.evaluation.guards`) of this trainer's student and teacher on the
         prompts of ``dataset``, sampled like training (temperature, ``max_completion_length``)."""
-        if self.teacher is None:
-            raise ValueError("The guards compare the student with a live teacher; this run has only a teacher cache.")
+        if self.teacher is None or self.teacher.unwrapped is None:
+            raise ValueError(
+                "The guards compare the student with a live teacher held in this process; this run's teacher is a "
+                "teacher cache or a server. Load the teacher locally to run them."
+            )
         tokenizer = self._text_tokenizer
         return guards(
             self.accelerator.unwrap_model(self.model),
@@ -187,3 +238,15 @@ class TeacherMixin:
             temperature=self.temperature,
             vocab_size=self.vocab_size,
         )
+
+
+def _load_teacher_or_server(teacher, args):
+    """A local teacher loaded as :func:`trl_opd.models.load_teacher` does, or the client of a teacher server (an
+    ``http(s)://`` address; timeout and retries from ``args``)."""
+    if is_server_url(teacher):
+        return TeacherServer(
+            teacher,
+            timeout=getattr(args, "teacher_server_timeout", 120.0),
+            retries=getattr(args, "teacher_server_retries", 2),
+        )
+    return load_teacher(teacher, args.teacher_model_init_kwargs, args)

@@ -8,13 +8,14 @@ from dataclasses import dataclass, field
 from trl import DPOConfig
 
 from ..guard import FiniteGuardArguments
+from ..vllm_rollouts import OwnVLLMArguments
 
 
 SPIN_LOSS_TYPES = ("sigmoid", "hinge")
 
 
 @dataclass
-class SPINConfig(FiniteGuardArguments, DPOConfig):
+class SPINConfig(FiniteGuardArguments, OwnVLLMArguments, DPOConfig):
     r"""
     Configuration class for [`SPINTrainer`]: self-play fine-tuning (SPIN) as rounds of DPO.
 
@@ -52,6 +53,12 @@ class SPINConfig(FiniteGuardArguments, DPOConfig):
             `> 0` samples it afresh each round at this temperature.
         generation_batch_size (`int`, *optional*, defaults to `16`):
             Prompts per `generate` call (a memory knob, it does not change the samples' distribution).
+        use_vllm (`bool`, *optional*, defaults to `False`):
+            Sample the "rejected" completions with a colocated vLLM engine (started once, weights synced before each
+            round's sampling); `vllm_mode`, `vllm_gpu_memory_utilization`, `vllm_max_model_length`,
+            `vllm_enable_sleep_mode` and `vllm_dtype` configure it
+            ([`trl_opd.trainers.vllm_rollouts.OwnVLLMArguments`]).
+            The saturation samples and `chosen_model` still use `generate`.
 
         > Parameters that control the saturation check
 

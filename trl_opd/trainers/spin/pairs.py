@@ -2,7 +2,7 @@ r"""The pairs of round k: {prompt x, chosen y, rejected y'} with y' ~ θ_{k-1}(�
 
 * "rejected": one completion per prompt sampled from the current model at ``generation_temperature`` (plain
   sampling, no top-k / top-p), cut after its first end-of-sequence token; those the prefix filter flags are dropped
-  and counted;
+  and counted. With ``use_vllm`` a colocated vLLM engine samples them, the model's weights synced to it first;
 * "chosen": the dataset completion, or ``chosen_model``'s output (greedy ones are generated once and reused).
 
 Sampled completions are decoded (special tokens skipped) and handed to DPO as text or as an assistant message; DPO's
@@ -22,6 +22,7 @@ from datasets import Dataset
 from transformers import set_seed
 from trl.data_utils import is_conversational
 
+from ...data import cut_after_first_eos
 from ...evaluation import distinct_n
 from ...models import disable_bnb_cpu_weight_repacking
 from ...scoring import completion_log_probs, sample
@@ -47,7 +48,7 @@ def across_processes(items: list, fn: Callable[[list], list]) -> list:
 class PairsMixin:
     """Sampling and pairing for :class:`~trl_opd.trainers.spin.SPINTrainer` (uses its ``args``, ``model``,
     ``processing_class``, ``train_dataset``, ``_prompt_ids``, ``eos_token_ids``, ``pad_token_id``, ``chosen_model``,
-    ``prefix_filter`` and ``_conversational``)."""
+    ``prefix_filter``, ``vllm_generation`` and ``_conversational``)."""
 
     def _tokenize_prompt(self, prompt) -> list[int]:
         """Prompt token ids exactly as ``DPOTrainer`` tokenizes them (chat template with the generation prompt)."""
@@ -74,6 +75,14 @@ class PairsMixin:
         for i in range(0, len(prompt_ids), size):
             out += sample(model, prompt_ids[i : i + size], self.pad_token_id, self.eos_token_ids, **kwargs)
         return out
+
+    def _sample_rejected(self, prompt_ids: list[list[int]]) -> list[list[int]]:
+        """The "rejected" samples of ``prompt_ids``: from the colocated vLLM engine (its weights synced beforehand by
+        :meth:`_make_pairs`) or from ``generate``; each cut after its first EOS."""
+        if self.vllm_generation is None:
+            return self._generate(self.model, prompt_ids, self.args.generation_temperature)
+        _, completions, _, _ = self.vllm_generation.generate(prompt_ids, None, 1)
+        return [cut_after_first_eos(list(ids), self.eos_token_ids) for ids in completions]
 
     def _as_completion(self, ids: list[int]):
         """Sampled ids as DPO's input: the text without its final EOS (an assistant message for chat prompts)."""
@@ -139,9 +148,9 @@ class PairsMixin:
         prompt_ids = [self._prompt_ids[i] for i in indices]
         rows = [self.train_dataset[i] for i in indices]
         set_seed(self.args.seed + k)
-        rejected_ids = across_processes(
-            prompt_ids, lambda p: self._generate(self.model, p, self.args.generation_temperature)
-        )
+        if self.vllm_generation is not None:
+            self.vllm_generation.sync_weights()  # θ_{k-1} into the engine, on every process
+        rejected_ids = across_processes(prompt_ids, self._sample_rejected)
         chosen = self._chosen_completions(k, indices, rows)
         reasons = self._flawed_reasons(prompt_ids, rejected_ids)
 

@@ -37,6 +37,7 @@ from ...models import disable_bnb_cpu_weight_repacking, load_model, shared_vocab
 from ...sharding import refuse_sharded_student
 from ..arguments import resolve_args
 from ..guard import NonFiniteError, nonfinite_trainable_parameters
+from ..vllm_rollouts import colocated_generation
 from .config import SPINConfig
 from .inputs import DATASET_HINT, load_policy, load_tokenizer, model_max_positions, prompts_within_limits
 from .pairs import PairsMixin, across_processes
@@ -186,6 +187,19 @@ class SPINTrainer(PairsMixin):
         if self.num_prompts_dropped:
             self.train_dataset = self.train_dataset.select(keep)
         self._prompt_ids = [prompt_ids[i] for i in keep]
+
+        # The colocated vLLM engine of the "rejected" samples (started once; weights synced before each round's).
+        self.vllm_generation = None
+        if args.use_vllm:
+            if not os.path.isdir(str(getattr(self._unwrapped_base(), "name_or_path", "") or "")):
+                raise ValueError(
+                    "use_vllm=True: vLLM loads the model from its folder, but the model's name_or_path "
+                    f"({getattr(self._unwrapped_base(), 'name_or_path', None)!r}) is not one. Save the model with "
+                    "save_pretrained (and its tokenizer) and pass the folder."
+                )
+            self.vllm_generation = colocated_generation(
+                self.model, self.processing_class, args, args.generation_temperature, self.eos_token_ids
+            )
 
         self.round_history: list[dict] = []
         self.stop_reason: str | None = None
