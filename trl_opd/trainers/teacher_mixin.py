@@ -62,13 +62,7 @@ class TeacherMixin:
                 report.facts["teacher id"] = label
             report.raise_or_warn(mode)
             reports[label] = report
-            teachers[label] = Teacher.prepare(
-                model,
-                report.shared_vocab_size,
-                self.accelerator,
-                deepspeed=self.is_deepspeed_enabled,
-                run_backbone=run_backbone,
-            )
+            teachers[label] = self._place_teacher(model, report.shared_vocab_size, run_backbone)
         cache = self._open_teacher_cache()
         if cache is not None:
             for label, model in loaded.items():
@@ -93,6 +87,12 @@ class TeacherMixin:
         self.teacher_model = None if self.teacher is None else self.teacher.model
         self.vocab_size = min(vocab_sizes)
         disable_bnb_cpu_weight_repacking(self.model)
+
+    def _place_teacher(self, model, vocab_size: int, run_backbone=None) -> Teacher:
+        """``model`` placed with this trainer's accelerator as a :class:`~trl_opd.teachers.Teacher`."""
+        return Teacher.prepare(
+            model, vocab_size, self.accelerator, deepspeed=self.is_deepspeed_enabled, run_backbone=run_backbone
+        )
 
     def _open_teacher_cache(self) -> TeacherCache | None:
         path = getattr(self.args, "teacher_cache", None)
