@@ -1,6 +1,7 @@
 """The privileged-context teacher (OPSD): the template rule, the alignment on the completion, the four teacher kinds
 (base: no second copy of the weights; ema: exact resume), the data checks, and GKD and MiniLLM training with it."""
 
+import copy
 import logging
 
 import pytest
@@ -257,3 +258,56 @@ def test_settings_a_self_teacher_cannot_take_are_refused(tmp_path, tok, hinted):
         make_config(tmp_path, privileged_teacher="live", privileged_template="{prompt} only")
     with pytest.raises(ValueError, match="privileged_ema_rate"):
         make_config(tmp_path, privileged_teacher="ema", privileged_ema_rate=0.0)
+
+
+# ---------------------------------------------------------------------------------------------------- check and plan
+
+
+def test_check_knows_the_self_teacher(tmp_path, tok, hinted, capsys):
+    from trl_opd.cli import main
+
+    folder = tmp_path / "student"
+    tiny_llama(len(tok), tokenizer=tok).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    good, bad = tmp_path / "good.jsonl", tmp_path / "bad.jsonl"
+    hinted.select(range(6)).to_json(str(good))
+    rows = hinted.select(range(6)).to_list()
+    rows[2]["privileged_context"] = " "
+    Dataset.from_list(rows).to_json(str(bad))
+    assert main(["check", "--student", str(folder), "--self-teacher", "base", "--dataset", str(good)]) == 0
+    out = capsys.readouterr().out
+    assert "rows holding their completion 6" in out and "verdict: compatible" in out
+    assert main(["check", "--student", str(folder), "--self-teacher", "ema", "--dataset", str(bad)]) == 1
+    assert "1 rows have an empty or missing" in capsys.readouterr().out
+    assert main(["check", "--student", str(folder), "--self-teacher", "ema"]) == 2  # no --dataset
+    assert main(["check", "--student", str(folder)]) == 2  # neither --teacher nor --self-teacher
+
+
+def test_a_template_that_moves_the_context_out_of_the_user_turn_is_reported(tok, hinted):
+    from trl_opd.teachers.privileged import check_privileged_dataset
+
+    report = check_privileged_dataset(tok, hinted.select(range(3)), "base")
+    assert report.ok
+    # A template that renders the last user text twice: the context would land in two places.
+    twice = "{{ message['role'] + ': ' + message['content'] + ' | ' + message['content'] }}"
+    echoing = copy.deepcopy(tok)
+    echoing.chat_template = tok.chat_template.replace("{{ message['role'] + ': ' + message['content'] }}", twice)
+    report = check_privileged_dataset(echoing, hinted.select(range(3)), "base")
+    assert not report.ok and "outside the last user turn" in report.format()
+
+
+def test_the_planner_counts_each_kind_of_self_teacher():
+    from trl_opd.memory import TrainingPlan, predict
+
+    def weights(kind, lora_rank=16):
+        plan = TrainingPlan(lora_rank=lora_rank, self_teacher=kind)
+        return predict("qwen2.5-7b", "qwen2.5-7b", plan).parts["teacher_weights"]
+
+    student = predict("qwen2.5-7b", "qwen2.5-7b", TrainingPlan()).parts["student_weights"]
+    adapters = predict("qwen2.5-7b", "qwen2.5-7b", TrainingPlan()).parts["adapters"]
+    assert weights("base") == weights("live") == 0
+    assert weights("ema") == adapters  # an average of the trainable weights: the adapter
+    assert weights("frozen") == student + adapters  # a copy of the model as it is at step 0
+    assert weights("ema", lora_rank=0) == student  # full fine-tuning: every weight is averaged
+    with pytest.raises(ValueError, match="set lora_rank > 0"):
+        TrainingPlan(lora_rank=0, self_teacher="base")

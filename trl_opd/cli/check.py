@@ -20,7 +20,13 @@ def register(subparsers) -> None:
         ),
     )
     parser.add_argument("--student", required=True, help="the student's folder (config.json + tokenizer)")
-    parser.add_argument("--teacher", required=True, help="the teacher's folder (config.json + its own tokenizer)")
+    parser.add_argument("--teacher", help="the teacher's folder (config.json + its own tokenizer)")
+    parser.add_argument(
+        "--self-teacher",
+        choices=("base", "frozen", "live", "ema"),
+        help="no --teacher: the student teaches itself shown each row's privileged_context (OPSD); with --dataset, "
+        "check its rows and the template rule (docs/self-distillation.md)",
+    )
     parser.add_argument(
         "--dataset",
         help="rows with prompt + completion (or messages): a save_to_disk folder, a .json/.jsonl/.parquet file, or "
@@ -37,6 +43,10 @@ def run_check(args: argparse.Namespace) -> int:
 
     from ..compatibility import check_compatibility, teacher_nll
 
+    if args.self_teacher is not None:
+        return run_self_check(args)
+    if args.teacher is None:
+        raise UsageError("--teacher is required (or --self-teacher KIND: the student teaches itself).")
     for flag, folder in (("--student", args.student), ("--teacher", args.teacher)):
         if not os.path.isdir(folder):
             raise UsageError(f"{flag} {folder!r} is not a folder; pass the folder holding the model's config.json.")
@@ -53,5 +63,22 @@ def run_check(args: argparse.Namespace) -> int:
             raise UsageError(f"--dataset {args.dataset!r} holds no rows to score.")
         teacher = load_model(args.teacher, None, SingleProcessArgs(), role="teacher")
         report.facts["teacher NLL (nats/token)"] = f"{teacher_nll(teacher, tokenizer, dataset, args.rows):.3f}"
+    print(report.format())
+    return 0 if report.ok else 1
+
+
+def run_self_check(args: argparse.Namespace) -> int:
+    """``--self-teacher``: the student is its own teacher, so only the dataset's privileged contexts are checked."""
+    if args.teacher is not None:
+        raise UsageError("--self-teacher makes the student its own teacher: drop --teacher.")
+    if args.dataset is None:
+        raise UsageError("--self-teacher checks the rows of --dataset (their privileged_context): pass --dataset.")
+    from transformers import AutoTokenizer
+
+    from ..data import load_dataset_spec
+    from ..teachers.privileged import check_privileged_dataset
+
+    tokenizer = AutoTokenizer.from_pretrained(args.student)
+    report = check_privileged_dataset(tokenizer, load_dataset_spec(args.dataset), args.self_teacher)
     print(report.format())
     return 0 if report.ok else 1

@@ -204,3 +204,65 @@ class SelfTeacher(Teacher):
     def hidden_states(self, input_ids, attention_mask, logits_to_keep: int) -> torch.Tensor:
         with self.weights():
             return self._run_backbone(self.model, self.unwrapped, input_ids, attention_mask, logits_to_keep)
+
+
+def _last_user_text(prompt) -> str:
+    content = prompt[-1]["content"] if isinstance(prompt, list) else prompt
+    if isinstance(content, list):
+        return [b for b in content if b.get("type") == "text"][-1]["text"]
+    return content
+
+
+def check_privileged_dataset(tokenizer, dataset, kind: str, template: str = DEFAULT_TEMPLATE):
+    """What ``trl-opd check --self-teacher KIND --dataset D`` reports, as a
+    :class:`~trl_opd.compatibility.CompatibilityReport`: the rows without a context (an error: the trainer refuses
+    them), the rows whose context holds their completion (flagged), the teacher prompt's extra tokens, and the template
+    rule checked on every row: the teacher's prompt, rendered by the student's chat template, equals the student's
+    rendered prompt with the last user turn's text replaced by the template's output (so the context sits inside that
+    turn, before the assistant marker, and nothing else differs)."""
+    from ..compatibility import CompatibilityReport, Problem
+    from ..data import prompt_token_ids
+
+    report = CompatibilityReport(facts={"teacher": f"the student itself ({kind}), shown `{PRIVILEGED_COLUMN}`"})
+    if PRIVILEGED_COLUMN not in dataset.column_names:
+        report.problems.append(
+            Problem(
+                "error",
+                f"the dataset has no `{PRIVILEGED_COLUMN}` column ({dataset.column_names}).",
+                f"add a `{PRIVILEGED_COLUMN}` column: the hint the teacher sees.",
+            )  # fmt: skip
+        )
+        return report
+    rows = dataset.to_list()
+    empty = [i for i, row in enumerate(rows) if not context_text(row[PRIVILEGED_COLUMN]).strip()]
+    copies = sum(copies_completion(row[PRIVILEGED_COLUMN], row.get("completion")) for row in rows)
+    extra, broken = [], []
+    conversational = rows and isinstance(rows[0]["prompt"], list)
+    for i, row in enumerate(rows):
+        if i in empty:
+            continue
+        teacher = privileged_prompt(row["prompt"], row[PRIVILEGED_COLUMN], template)
+        extra.append(len(prompt_token_ids(tokenizer, teacher)) - len(prompt_token_ids(tokenizer, row["prompt"])))
+        if conversational:
+            render = lambda p: tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False)  # noqa: E731
+            user, placed = _last_user_text(row["prompt"]), _last_user_text(teacher)
+            student_text = render(row["prompt"])
+            if render(teacher) != placed.join(student_text.rsplit(user, 1)):
+                broken.append(i)
+    report.facts.update({"rows": len(rows), "rows without a context": len(empty),
+                         "rows holding their completion": copies,
+                         "teacher prompt extra tokens": f"{sum(extra) / max(len(extra), 1):.1f} (mean)"})  # fmt: skip
+    if empty:
+        report.problems.append(Problem(
+            "error", f"{len(empty)} rows have an empty or missing `{PRIVILEGED_COLUMN}` (first: row {empty[0]}); "
+            "privileged_teacher refuses them.", "drop them (dataset.filter) or fill them in."))  # fmt: skip
+    if copies:
+        report.problems.append(Problem(
+            "warning", f"{copies} rows hold their completion verbatim in `{PRIVILEGED_COLUMN}` (copyable).",
+            "intended when the hint is the answer; otherwise give a hint, not the completion."))  # fmt: skip
+    if broken:
+        report.problems.append(Problem(
+            "error", f"{len(broken)} rows' teacher prompts differ from their student prompts outside the last user "
+            f"turn's text (first: row {broken[0]}): the chat template moves the context.",
+            "end each prompt with a user turn whose text appears once in the rendered prompt."))  # fmt: skip
+    return report
