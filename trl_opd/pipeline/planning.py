@@ -139,8 +139,8 @@ def plans_from_config(path: str) -> list[tuple[str, str | None, str | None, obje
         recipe = load_recipe(path)
         out = []
         for stage in recipe.stages:
-            if stage.trainer == "spin":
-                print(f"stage {stage.name}: SPIN is not planned (the planner models distillation runs).")
+            if stage.trainer in ("spin", "grpo"):
+                print(f"stage {stage.name}: {stage.trainer} is not planned (the planner models distillation runs).")
                 continue
             check_values(stage.trainer, stage.keys, f"{path}, stage {stage.name!r}")
             out.append((f"stage {stage.name} ({stage.trainer})", *training_plan(stage.trainer, stage.keys)))
