@@ -230,6 +230,14 @@ def test_rows_without_a_context_are_refused_before_training(tmp_path, tok, hinte
         opsd(tmp_path, tok, Dataset.from_list(rows), "live")
     with pytest.raises(ValueError, match="needs a `privileged_context` column"):
         opsd(tmp_path, tok, hinted.remove_columns("privileged_context"), "live")
+    with pytest.raises(ValueError, match="needs a `privileged_context` column"):  # the evaluation's rows too
+        GKDTrainer(
+            model=tiny_llama(len(tok), tokenizer=tok, seed=1),
+            args=make_config(tmp_path, privileged_teacher="live", lmbda=1.0),
+            train_dataset=hinted,
+            eval_dataset=hinted.remove_columns("privileged_context"),
+            processing_class=tok,
+        )
 
 
 def test_a_context_holding_the_completion_is_flagged(tmp_path, tok, hinted, caplog):

@@ -148,7 +148,7 @@ class DistillationTrainer(DistillationSetUp, TRLDistillationTrainer):
                 "{id: model} routed by a `teacher_id` column), set teacher_model_name_or_path, or serve a λ ≡ 0 run "
                 "from teacher_cache=."
             )
-        self._check_privileged_setup(teacher_model, args, seq_kd=args.seq_kd)
+        self._check_privileged_setup(teacher_model, args, seq_kd=args.seq_kd, eval_dataset=eval_dataset)
         self._check_teacher_setup(teacher_model, args, eval_dataset)
         self._check_tools(tools, args, eval_dataset)
         self._completions = Completions(

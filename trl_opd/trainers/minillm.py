@@ -110,7 +110,7 @@ class MiniLLMTrainer(DistillationSetUp, GRPOTrainer):
         teacher_processing_class=None,
     ):
         args = resolve_args(args, MiniLLMConfig, "minillm-output")
-        self._check_privileged_setup(teacher_model, args)
+        self._check_privileged_setup(teacher_model, args, eval_dataset=eval_dataset)
         if teacher_model is None and args.privileged_teacher is None:
             raise ValueError(
                 "MiniLLMTrainer needs a teacher_model (a path or a PreTrainedModel), or privileged_teacher (the "

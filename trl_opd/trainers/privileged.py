@@ -132,11 +132,15 @@ class PrivilegedTeacherMixin:
         return getattr(self.args, "privileged_teacher", None)
 
     @staticmethod
-    def _check_privileged_setup(teacher_model, args, *, seq_kd: bool = False) -> None:
-        """What a privileged teacher cannot be combined with (before any model is loaded)."""
+    def _check_privileged_setup(teacher_model, args, *, seq_kd: bool = False, eval_dataset=None) -> None:
+        """What a privileged teacher cannot be combined with, and the evaluation rows' contexts (before any model is
+        loaded; the training rows are checked with the teachers' row index)."""
         kind = getattr(args, "privileged_teacher", None)
         if kind is None:
             return
+        evaluation = eval_dataset.values() if isinstance(eval_dataset, dict) else [eval_dataset]
+        for dataset in (d for d in evaluation if d is not None):
+            check_privileged_rows(dataset)  # the evaluation's teacher sees the context too
         conflicts = {
             "teacher_model": teacher_model is not None,
             "teacher_cache": getattr(args, "teacher_cache", None) is not None,
@@ -166,6 +170,11 @@ class PrivilegedTeacherMixin:
     def _place_teacher(self, model, vocab_size: int, run_backbone=None):
         if self.privileged_kind is None:
             return super()._place_teacher(model, vocab_size, run_backbone)
+        if self.privileged_kind in ("frozen", "ema") and (self.is_deepspeed_enabled or self.is_fsdp_enabled):
+            raise ValueError(
+                f"privileged_teacher={self.privileged_kind!r} copies the student's parameters, which DeepSpeed/FSDP "
+                "shard across processes; use 'base' (LoRA) or 'live' there, or train on one process."
+            )
         return SelfTeacher(
             self.privileged_kind,
             self.model,
