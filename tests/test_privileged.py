@@ -230,6 +230,10 @@ def test_rows_without_a_context_are_refused_before_training(tmp_path, tok, hinte
         opsd(tmp_path, tok, Dataset.from_list(rows), "live")
     with pytest.raises(ValueError, match="needs a `privileged_context` column"):
         opsd(tmp_path, tok, hinted.remove_columns("privileged_context"), "live")
+    rows = hinted.to_list()
+    rows[5]["prompt"] = rows[5]["prompt"] + [{"role": "assistant", "content": "1"}]
+    with pytest.raises(ValueError, match="Row 5: A privileged context goes into the last user turn"):
+        opsd(tmp_path, tok, Dataset.from_list(rows), "live")
     with pytest.raises(ValueError, match="needs a `privileged_context` column"):  # the evaluation's rows too
         GKDTrainer(
             model=tiny_llama(len(tok), tokenizer=tok, seed=1),

@@ -80,8 +80,9 @@ class PrivilegedArguments:
         super().__post_init__()
 
 
-def check_privileged_rows(dataset, column: str = PRIVILEGED_COLUMN) -> int:
-    """Refuse rows without a privileged context; return how many rows hold their completion verbatim (flagged)."""
+def check_privileged_rows(dataset, template: str = DEFAULT_TEMPLATE, column: str = PRIVILEGED_COLUMN) -> int:
+    """Refuse rows without a privileged context, or whose prompt cannot take one (it ends with an assistant turn);
+    return how many rows hold their completion verbatim (flagged)."""
     columns = getattr(dataset, "column_names", None)
     if columns is not None and column not in columns:
         raise ValueError(
@@ -96,6 +97,11 @@ def check_privileged_rows(dataset, column: str = PRIVILEGED_COLUMN) -> int:
             f"{len(empty)} of {len(contexts)} rows have an empty or missing `{column}` (first: row {empty[0]}). A "
             "teacher without the hint is the student itself; drop those rows (dataset.filter) or fill them in."
         )
+    for i, (prompt, context) in enumerate(zip(dataset["prompt"], contexts, strict=True)):
+        try:
+            privileged_prompt(prompt, context, template)
+        except ValueError as error:
+            raise ValueError(f"Row {i}: {error}") from None
     if "completion" not in dataset.column_names:
         return 0
     copies = sum(copies_completion(c, y) for c, y in zip(contexts, dataset["completion"], strict=True))
@@ -140,7 +146,7 @@ class PrivilegedTeacherMixin:
             return
         evaluation = eval_dataset.values() if isinstance(eval_dataset, dict) else [eval_dataset]
         for dataset in (d for d in evaluation if d is not None):
-            check_privileged_rows(dataset)  # the evaluation's teacher sees the context too
+            check_privileged_rows(dataset, args.privileged_template)  # the evaluation's teacher sees it too
         conflicts = {
             "teacher_model": teacher_model is not None,
             "teacher_cache": getattr(args, "teacher_cache", None) is not None,
@@ -157,7 +163,7 @@ class PrivilegedTeacherMixin:
 
     def _index_rows_for_teachers(self, train_dataset, args, teacher_model):
         if getattr(args, "privileged_teacher", None) is not None and train_dataset is not None:
-            self.privileged_verbatim_rows = check_privileged_rows(train_dataset)
+            self.privileged_verbatim_rows = check_privileged_rows(train_dataset, args.privileged_template)
         return super()._index_rows_for_teachers(train_dataset, args, teacher_model)
 
     def _attach_teachers(self, loaded: dict, teacher_processing_class=None, run_backbone=None) -> None:
