@@ -128,6 +128,13 @@ def test_the_teacher_sees_the_privileged_prompt_and_the_student_does_not(tmp_pat
     assert trainer.state.log_history[0]["privileged/extra_prompt_tokens"] > 0
 
 
+def test_the_teachers_prompt_truncations_are_counted_apart(tmp_path, tok, hinted):
+    trainer = opsd(tmp_path, tok, hinted, "live", max_steps=1, max_prompt_length=28)  # student 22, teacher 33+
+    trainer.train()
+    log = trainer.state.log_history[0]
+    assert log["prompts/truncated"] == 0 and log["privileged/prompts_truncated"] == 4
+
+
 def storages(module):
     return {p.untyped_storage().data_ptr() for p in module.parameters()}
 
