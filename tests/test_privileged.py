@@ -295,7 +295,7 @@ def test_check_knows_the_self_teacher(tmp_path, tok, hinted, capsys):
     Dataset.from_list(rows).to_json(str(bad))
     assert main(["check", "--student", str(folder), "--self-teacher", "base", "--dataset", str(good)]) == 0
     out = capsys.readouterr().out
-    assert "rows holding their completion 6" in out and "verdict: compatible" in out
+    assert "rows holding the completion  6" in out and "verdict: compatible" in out
     assert main(["check", "--student", str(folder), "--self-teacher", "ema", "--dataset", str(bad)]) == 1
     assert "1 rows have an empty or missing" in capsys.readouterr().out
     assert main(["check", "--student", str(folder), "--self-teacher", "ema"]) == 2  # no --dataset

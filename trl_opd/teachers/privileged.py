@@ -250,7 +250,7 @@ def check_privileged_dataset(tokenizer, dataset, kind: str, template: str = DEFA
             if render(teacher) != placed.join(student_text.rsplit(user, 1)):
                 broken.append(i)
     report.facts.update({"rows": len(rows), "rows without a context": len(empty),
-                         "rows holding their completion": copies,
+                         "rows holding the completion": copies,
                          "teacher prompt extra tokens": f"{sum(extra) / max(len(extra), 1):.1f} (mean)"})  # fmt: skip
     if empty:
         report.problems.append(Problem(
