@@ -59,9 +59,9 @@ class OPDScriptArguments:
             own checker). MiniLLM trains on them (R = log p_T + β R_ext); every trainer reports their held-out score;
             GKD's curriculum uses the first one as its success signal.
         privileged_context_format (`str`, *optional*):
-            Builds each training row's `privileged_context` (the hint a `privileged_teacher` sees) from its other
-            columns, e.g. `"The correct answer is {answer}."`; a dataset's own `privileged_context` column is
-            replaced. Unset: the column is used as the dataset has it.
+            Builds each row's `privileged_context` (the hint a `privileged_teacher` sees), in the train and test
+            splits, from its other columns, e.g. `"The correct answer is {answer}."`; a dataset's own
+            `privileged_context` column is replaced. Unset: the column is used as the dataset has it.
         eval_num_samples (`int`, *optional*, defaults to `4`):
             Sampled completions per held-out prompt for the sampled task score (pass@1 averaged over samples).
         overwrite_output_dir (`bool`, *optional*, defaults to `False`):

@@ -30,11 +30,14 @@ def load_splits(script) -> tuple:
         size = size if size is not None or not rg else REASONING_GYM_SIZES[role]
         return load_dataset_spec(script.dataset_name, split=split, size=size, config=script.dataset_config)
 
+    hint = getattr(script, "privileged_context_format", None)
     train = load(script.dataset_train_split, script.dataset_train_size, "train")
-    if getattr(script, "privileged_context_format", None):
-        train = with_privileged_context(train, script.privileged_context_format)
+    if hint:
+        train = with_privileged_context(train, hint)
     try:
         test = load(script.dataset_test_split, script.dataset_test_size, "test")
+        if hint:  # the evaluation's teacher sees the hint too
+            test = with_privileged_context(test, hint)
     except MissingSplitError as error:
         logger.warning("%s: the held-out guards and scores are not measured.", error)
         return train, None
