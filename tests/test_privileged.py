@@ -126,6 +126,7 @@ def test_the_teacher_sees_the_privileged_prompt_and_the_student_does_not(tmp_pat
         assert list(expected_teacher) + completion in seen["teacher"]  # the same template, then the same completion
         assert tok.decode(expected_teacher).endswith(f"answer: {row['completion'][0]['content']}\nassistant: ")
     assert trainer.state.log_history[0]["privileged/extra_prompt_tokens"] > 0
+    assert "prompts/truncated" not in trainer.state.log_history[0]  # no max_prompt_length: nothing counted
 
 
 def test_the_teachers_prompt_truncations_are_counted_apart(tmp_path, tok, hinted):

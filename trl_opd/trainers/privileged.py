@@ -209,11 +209,11 @@ class PrivilegedTeacherMixin:
         template = self.args.privileged_template
         prompts = [privileged_prompt(row["prompt"], c, template) for row, c in zip(inputs, contexts, strict=True)]
         mode = "train" if self.model.training else "eval"
-        truncated = self._metrics[mode]["prompts/truncated"]
-        counted = len(truncated)
+        metrics = self._metrics[mode]  # a defaultdict: a key read here would be logged (as None) when empty
+        counted = len(metrics.get("prompts/truncated", []))
         prompt_ids, _, _ = self._tokenize_prompts(prompts)  # the student's own prompt checks (max_prompt_length)
-        if len(truncated) > counted:  # the teacher's truncations are counted apart from the student's
-            self._metrics[mode]["privileged/prompts_truncated"].append(truncated.pop())
+        if len(metrics.get("prompts/truncated", [])) > counted:  # the teacher's truncations are counted apart
+            metrics["privileged/prompts_truncated"].append(metrics["prompts/truncated"].pop())
         output.update(pad_teacher_prompts(prompt_ids, self._tokenizer.pad_token_id, self.accelerator.device))
         extra = [len(t) - int(s.sum()) for t, s in zip(prompt_ids, output["prompt_mask"], strict=True)]
         self._metrics[mode]["privileged/extra_prompt_tokens"].append(sum(extra) / len(extra))
