@@ -114,11 +114,13 @@ def separated(a: tuple[float, float, int], b: tuple[float, float, int]) -> bool:
     return abs(a[0] - b[0]) > a[1] + b[1]
 
 
-def format_table(results: dict[str, list[dict]]) -> str:
-    """A markdown table with one line per row of ``results`` ({row: [per-seed dicts]}), mean ± half-range."""
+def format_table(results: dict[str, list[dict]], rows=ROWS, labels=None) -> str:
+    """A markdown table with one line per row of ``results`` ({row: [per-seed dicts]}), mean ± half-range, in the
+    order of ``rows`` with the names ``labels`` (default: this table's)."""
+    labels = LABELS if labels is None else labels
     header = "| row | seeds | " + " | ".join(h for _, h, _ in COLUMNS) + " |"
     lines = [header, "|" + "---|" * (len(COLUMNS) + 2)]
-    for row in ROWS:
+    for row in rows:
         if not results.get(row):
             continue
         summary = aggregate(results[row])
@@ -129,17 +131,17 @@ def format_table(results: dict[str, list[dict]]) -> str:
                 continue
             mean, spread, _ = summary[key]
             cells.append(f"{mean:.{decimals}f} ± {spread:.{decimals}f}")
-        lines.append(f"| {LABELS[row]} | {len(results[row])} | " + " | ".join(cells) + " |")
+        lines.append(f"| {labels[row]} | {len(results[row])} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def separation_report(results: dict[str, list[dict]], against: str) -> list[str]:
+def separation_report(results: dict[str, list[dict]], against: str, rows=ROWS) -> list[str]:
     """For each column, the rows whose seeds all lie beyond every seed of row ``against`` (:func:`separated`), with
     the sign of the difference: ``"greedy acc.: kd -, gkd +"``; ``"greedy acc.: none"`` when no row is."""
     if not results.get(against):
         return []
     base = aggregate(results[against])
-    summaries = {row: aggregate(results[row]) for row in ROWS if results.get(row) and row != against}
+    summaries = {row: aggregate(results[row]) for row in rows if results.get(row) and row != against}
     lines = []
     for key, header, _ in COLUMNS:
         if key not in base:

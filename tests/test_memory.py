@@ -698,6 +698,7 @@ FLAG_SAMPLE = dict(
     lora_dropout=0.05, per_device_batch_size=2, gradient_accumulation_steps=4, prompt_length=256,
     completion_length=768, gradient_checkpointing=False, optimizer="adamw_8bit", divergence="fkl", loss_chunk_rows=32,
     generation_backend="vllm", vllm_gpu_memory_utilization=0.25, teacher_source="cache+live", teacher_top_k=32,
+    self_teacher="none",
 )  # fmt: skip
 
 

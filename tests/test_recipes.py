@@ -25,7 +25,8 @@ def test_every_pipeline_recipe_loads():
             continue  # a single-trainer recipe (tests/test_packaged_recipes.py)
         recipe = load_recipe(path)
         assert sum(stage.steps for stage in recipe.stages) == recipe.max_steps
-        staged = ["gkd"] if path.stem == "demo-smollm2-cpu" else ["gkd", "gkd", "gkd", "minillm"]
+        staged = {"demo-smollm2-cpu": ["gkd"], "opsd-smollm2-cpu": ["gkd", "gkd", "grpo", "gkd"]}
+        staged = staged.get(path.stem, ["gkd", "gkd", "gkd", "minillm"])
         assert [stage.trainer for stage in recipe.stages] == staged
 
 

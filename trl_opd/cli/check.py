@@ -22,9 +22,14 @@ def register(subparsers) -> None:
     parser.add_argument("--student", required=True, help="the student's folder (config.json + tokenizer)")
     parser.add_argument(
         "--teacher",
-        required=True,
         help="the teacher's folder (config.json + its own tokenizer), or a vLLM server's address (http://host:port): "
         "its served model, context, tokenizer and chat template are probed",
+    )
+    parser.add_argument(
+        "--self-teacher",
+        choices=("base", "frozen", "live", "ema"),
+        help="no --teacher: the student teaches itself shown each row's privileged_context (OPSD); with --dataset, "
+        "check its rows and the template rule (docs/self-distillation.md)",
     )
     parser.add_argument(
         "--dataset",
@@ -43,6 +48,10 @@ def run_check(args: argparse.Namespace) -> int:
     from ..compatibility import check_compatibility, teacher_nll
     from ..teachers.server import TeacherServer, check_server_compatibility, is_server_url
 
+    if args.self_teacher is not None:
+        return run_self_check(args)
+    if args.teacher is None:
+        raise UsageError("--teacher is required (or --self-teacher KIND: the student teaches itself).")
     if is_server_url(args.teacher):
         if args.dataset:
             raise UsageError("--dataset scores a local teacher; drop it to check a teacher server.")
@@ -67,5 +76,22 @@ def run_check(args: argparse.Namespace) -> int:
             raise UsageError(f"--dataset {args.dataset!r} holds no rows to score.")
         teacher = load_model(args.teacher, None, SingleProcessArgs(), role="teacher")
         report.facts["teacher NLL (nats/token)"] = f"{teacher_nll(teacher, tokenizer, dataset, args.rows):.3f}"
+    print(report.format())
+    return 0 if report.ok else 1
+
+
+def run_self_check(args: argparse.Namespace) -> int:
+    """``--self-teacher``: the student is its own teacher, so only the dataset's privileged contexts are checked."""
+    if args.teacher is not None:
+        raise UsageError("--self-teacher makes the student its own teacher: drop --teacher.")
+    if args.dataset is None:
+        raise UsageError("--self-teacher checks the rows of --dataset (their privileged_context): pass --dataset.")
+    from transformers import AutoTokenizer
+
+    from ..data import load_dataset_spec
+    from ..teachers.privileged import check_privileged_dataset
+
+    tokenizer = AutoTokenizer.from_pretrained(args.student)
+    report = check_privileged_dataset(tokenizer, load_dataset_spec(args.dataset), args.self_teacher)
     print(report.format())
     return 0 if report.ok else 1

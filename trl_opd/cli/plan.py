@@ -188,6 +188,8 @@ def run_plan(args: argparse.Namespace) -> int:
         student, teacher, base = RECIPES[args.recipe]
     student = args.student or student
     teacher = args.teacher or teacher
+    if getattr(args, "self_teacher", "none") != "none":
+        teacher = teacher or student  # the student teaches itself
     missing = [flag for flag, value in (("--student", student), ("--teacher", teacher)) if value is None]
     if missing:
         verb = "is" if len(missing) == 1 else "are"

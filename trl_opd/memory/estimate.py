@@ -151,7 +151,7 @@ def predict(
         "activations": acts["saved"],
         "backward_workspace": acts["recompute"] + acts["workspace"] + dequant_buffer_bytes(student, plan.student_quant),
         "loss_chunks": loss_chunk_bytes(student, teacher, plan),
-        "teacher_weights": weight_bytes(teacher, plan.teacher_quant, plan.double_quant) if plan.loads_teacher else 0,
+        "teacher_weights": teacher_weight_bytes(student, teacher, plan, trainable * a),
         "teacher_forward": teacher_forward_bytes(teacher, plan),
     }
     if plan.generation_backend == "hf" and plan.generates:
@@ -195,6 +195,22 @@ def predict(
     if plan.full_finetuning:
         notes.append("full fine-tuning: gradients are counted as alive during the whole backward pass (an upper bound)")
     return MemoryEstimate(student, teacher, plan, parts, phase_parts, notes)
+
+
+def teacher_weight_bytes(student: ModelShape, teacher: ModelShape, plan: TrainingPlan, trainable_bytes: float) -> float:
+    """The teacher's weights on the card: a separate teacher's; for a self teacher (``plan.self_teacher``) none for
+    ``base`` and ``live`` (the student's own weights), a copy of the student's for ``frozen``, and a copy of the
+    trainable weights (the adapter under LoRA) for ``ema``."""
+    if not plan.loads_teacher:
+        return 0
+    own = {"base": 0, "live": 0, "ema": trainable_bytes}
+    if plan.self_teacher in own:
+        return own[plan.self_teacher]
+    if plan.self_teacher == "frozen":
+        return weight_bytes(student, plan.student_quant, plan.double_quant) + (
+            0 if plan.full_finetuning else trainable_bytes
+        )
+    return weight_bytes(teacher, plan.teacher_quant, plan.double_quant)
 
 
 def _shape_notes(student: ModelShape, teacher: ModelShape) -> list[str]:

@@ -80,7 +80,7 @@ def fix_candidates(name: str, plan: TrainingPlan, student: ModelShape) -> list[t
         out.append(("LoRA r=16 on all linear layers instead of full fine-tuning", {"lora_rank": 16}))
     elif name == "nf4_student" and plan.student_quant != "nf4" and not plan.full_finetuning:
         out.append((f"NF4 student (QLoRA) instead of {plan.student_quant}", {"student_quant": "nf4"}))
-    elif name == "nf4_teacher" and plan.teacher_quant != "nf4" and plan.loads_teacher:
+    elif name == "nf4_teacher" and plan.teacher_quant != "nf4" and plan.loads_teacher and plan.self_teacher == "none":
         out.append((f"NF4 teacher instead of {plan.teacher_quant}", {"teacher_quant": "nf4"}))
     elif name == "lora_rank" and not plan.full_finetuning:
         rank = plan.lora_rank

@@ -22,6 +22,10 @@ OPTIMIZERS = ("adamw", "adamw_8bit")
 #: Where the teacher's targets come from: its live forward pass, an offline top-k cache (an off-policy λ ≡ 0 stage),
 #: or both (a mixed stage: the live teacher scores the on-policy rows, the cache serves the others).
 TEACHER_SOURCES = ("live", "cache", "cache+live", "server")
+#: A self-distillation (privileged-context) teacher: "none" (a separate teacher model), or the student itself as
+#: ``base`` (adapter disabled), ``frozen`` (a copy at step 0), ``live`` (its current weights) or ``ema`` (an average of
+#: its trainable weights). See :mod:`trl_opd.teachers.privileged`.
+SELF_TEACHERS = ("none", "base", "frozen", "live", "ema")
 
 
 def setting(
@@ -108,6 +112,14 @@ class TrainingPlan:
         "teacher",
     )
 
+    self_teacher: str = setting(
+        "none",
+        "the student teaches itself (OPSD): base = adapter off (no extra weights), frozen = a step-0 copy, live = "
+        "its current weights, ema = an average of the trainable weights; the teacher's shape is the student's",
+        "teacher",
+        choices=SELF_TEACHERS,
+    )
+
     def __post_init__(self):
         for f in fields(self):
             choices = f.metadata.get("choices")
@@ -140,6 +152,10 @@ class TrainingPlan:
         if not 0.0 < self.vllm_gpu_memory_utilization < 1.0:
             raise ValueError(f"vllm_gpu_memory_utilization must be in (0, 1), got {self.vllm_gpu_memory_utilization}.")
         check_top_k(self.teacher_top_k)
+        if self.self_teacher == "base" and self.lora_rank == 0:
+            raise ValueError("self_teacher='base' disables the student's LoRA adapter: set lora_rank > 0.")
+        if self.self_teacher != "none" and self.teacher_source != "live":
+            raise ValueError("A self teacher scores live (its targets depend on the privileged context): no cache.")
         if self.reads_teacher_cache and self.teacher_top_k is None:
             where = "a vLLM server" if self.teacher_source == "server" else "a cache"
             raise ValueError(
@@ -185,6 +201,8 @@ class TrainingPlan:
         teacher = {"live": f"teacher {self.teacher_quant}", "cache": "teacher from the cache",
                    "cache+live": f"teacher {self.teacher_quant} + cache",
                    "server": "teacher on a vLLM server"}[self.teacher_source]  # fmt: skip
+        if self.self_teacher != "none":
+            teacher = f"self teacher ({self.self_teacher})"
         if self.teacher_top_k is not None:
             teacher += f" (top-{self.teacher_top_k} + tail)"
         return (

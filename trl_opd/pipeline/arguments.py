@@ -177,7 +177,11 @@ def parse_run(command: str, config: dict | None = None, argv: list[str] | None =
     parts = parser.parse_args_into_dataclasses(args=argv)
     script, *middle, model = parts
     training = middle[-1]
-    teacher = middle[0].teacher_model_name_or_path if len(middle) == 2 else training.teacher_model_name_or_path
+    teacher = (
+        middle[0].teacher_model_name_or_path
+        if len(middle) == 2
+        else getattr(training, "teacher_model_name_or_path", None)
+    )
     run = RunArguments(command=command, script=script, training=training, model=model, teacher=teacher)
     flags = {token[2:].split("=", 1)[0].replace("-", "_") for token in argv if token.startswith("--")}
     flags = {name[3:] if name.startswith("no_") and name not in config else name for name in flags}

@@ -18,14 +18,18 @@ METHODS = {
     "gkd": ("GKD: generalized knowledge distillation with per-sample λ-mixing", "2306.13649"),
     "minillm": ("MiniLLM: reverse-KL distillation by policy gradient", "2306.08543"),
     "spin": ("SPIN: self-play fine-tuning (rounds of DPO against the previous iterate)", "2401.01335"),
+    "grpo": ("GRPO: reinforcement learning on the verifiers alone (TRL's GRPOTrainer)", "2402.03300"),
 }
 
 
 def method_rows(run) -> list[tuple[str, str]]:
     """The rows that describe the objective of ``run``."""
     args = run.training
+    if run.command == "grpo":
+        return [("reward", f"the verifiers {', '.join(run.script.reward_funcs or [])}; KL penalty β = {args.beta:g}")]
     if run.command == "gkd":
-        return [
+        rows = [("teacher", f"the student itself ({args.privileged_teacher}), shown privileged_context")]
+        return (rows if args.privileged_teacher else []) + [
             ("λ schedule", args.lambda_schedule().describe()),
             ("divergence", REGISTRY[args.divergence].describe(args.beta)),
             ("temperature", f"{args.temperature:g}"),

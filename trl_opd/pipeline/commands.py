@@ -15,6 +15,8 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "gkd": ("OPDScriptArguments", "GKDConfig", "ModelConfig"),
     "minillm": ("OPDScriptArguments", "TeacherPathArguments", "MiniLLMConfig", "ModelConfig"),
     "spin": ("OPDScriptArguments", "TeacherPathArguments", "SPINConfig", "ModelConfig"),
+    # TRL's own GRPOTrainer on the verifiers alone: the RL stage of a pipeline (no teacher).
+    "grpo": ("OPDScriptArguments", "GRPOConfig", "ModelConfig"),
 }
 
 #: The hooks each trainer takes (the others are refused when set for it, and skipped as recipe-wide defaults).
@@ -22,6 +24,7 @@ HOOKS_BY_TRAINER = {
     "gkd": ("token_importance", "prefix_filter", "curriculum"),
     "minillm": ("token_importance", "prefix_filter"),
     "spin": ("prefix_filter",),
+    "grpo": (),
 }
 HOOKS = ("token_importance", "prefix_filter", "curriculum")
 
@@ -55,6 +58,10 @@ class OPDScriptArguments:
             Verifiers: `pkg.module:function` (called like a GRPO reward function) or `reasoning_gym:<task>` (the task's
             own checker). MiniLLM trains on them (R = log p_T + β R_ext); every trainer reports their held-out score;
             GKD's curriculum uses the first one as its success signal.
+        privileged_context_format (`str`, *optional*):
+            Builds each row's `privileged_context` (the hint a `privileged_teacher` sees), in the train and test
+            splits, from its other columns, e.g. `"The correct answer is {answer}."`; a dataset's own
+            `privileged_context` column is replaced. Unset: the column is used as the dataset has it.
         eval_num_samples (`int`, *optional*, defaults to `4`):
             Sampled completions per held-out prompt for the sampled task score (pass@1 averaged over samples).
         overwrite_output_dir (`bool`, *optional*, defaults to `False`):
@@ -89,6 +96,10 @@ class OPDScriptArguments:
     )
     reward_funcs: list[str] | None = field(
         default=None, metadata={"help": "Verifiers: pkg.module:function or reasoning_gym:<task>."}
+    )
+    privileged_context_format: str | None = field(
+        default=None,
+        metadata={"help": "Each row's privileged_context from its columns, e.g. 'The answer is {answer}.'"},
     )
     eval_num_samples: int = field(
         default=4, metadata={"help": "Sampled completions per held-out prompt for the sampled task score."}
@@ -134,7 +145,7 @@ def parse_mapping(name: str, value):
 
 def dataclass_types(command: str) -> tuple:
     """The dataclasses of ``command`` (imports TRL: seconds)."""
-    from trl import ModelConfig
+    from trl import GRPOConfig, ModelConfig
 
     from ..trainers import GKDConfig, MiniLLMConfig, SPINConfig
 
@@ -144,6 +155,7 @@ def dataclass_types(command: str) -> tuple:
         "GKDConfig": GKDConfig,
         "MiniLLMConfig": MiniLLMConfig,
         "SPINConfig": SPINConfig,
+        "GRPOConfig": GRPOConfig,
         "ModelConfig": ModelConfig,
     }
     return tuple(classes[name] for name in COMMANDS[command])

@@ -30,13 +30,35 @@ def load_splits(script) -> tuple:
         size = size if size is not None or not rg else REASONING_GYM_SIZES[role]
         return load_dataset_spec(script.dataset_name, split=split, size=size, config=script.dataset_config)
 
+    hint = getattr(script, "privileged_context_format", None)
     train = load(script.dataset_train_split, script.dataset_train_size, "train")
+    if hint:
+        train = with_privileged_context(train, hint)
     try:
         test = load(script.dataset_test_split, script.dataset_test_size, "test")
+        if hint:  # the evaluation's teacher sees the hint too
+            test = with_privileged_context(test, hint)
     except MissingSplitError as error:
         logger.warning("%s: the held-out guards and scores are not measured.", error)
         return train, None
     return without_held_out_prompts(train, test), test
+
+
+def with_privileged_context(dataset, template: str):
+    """``dataset`` with a ``privileged_context`` column formatted from each row's columns (messages as their text)."""
+    from ..teachers.privileged import PRIVILEGED_COLUMN, context_text
+
+    def build(row):
+        values = {key: context_text(value) if isinstance(value, list) else value for key, value in row.items()}
+        try:
+            return {PRIVILEGED_COLUMN: template.format(**values)}
+        except (KeyError, IndexError) as error:
+            raise ValueError(
+                f"privileged_context_format {template!r} names {error}, which is no column of the dataset "
+                f"({', '.join(dataset.column_names)}); use {{column}} placeholders of those."
+            ) from None
+
+    return dataset.map(build)
 
 
 def without_held_out_prompts(train, test):

@@ -36,6 +36,9 @@ def _student_and_teacher(trainer, run):
         temperature = run.training.generation_temperature
         return student, teacher, vocab, trainer.eos_token_ids, temperature, run.training.max_completion_length
     student = trainer.accelerator.unwrap_model(trainer.model)
+    if run.command == "grpo":  # TRL's GRPOTrainer: no teacher, the task scores alone
+        eos = [trainer.processing_class.eos_token_id]
+        return student, None, None, eos, trainer.temperature, trainer.max_completion_length
     teacher = None if trainer.teacher is None else trainer.teacher.unwrapped
     return (
         student,

@@ -18,7 +18,8 @@ trainer's default, from the committed field list):
 * ``generation_backend``, ``vllm_gpu_memory_utilization``: ``use_vllm`` + ``vllm_mode`` (colocate → vllm, server →
   vllm-server);
 * ``teacher_source``, ``teacher_top_k``: ``teacher_cache`` (λ ≡ 0 → cache, else
-  cache+live; ``LambdaSchedule.always_off_policy``), ``teacher_top_k``.
+  cache+live; ``LambdaSchedule.always_off_policy``), ``teacher_top_k``;
+* ``self_teacher``: ``privileged_teacher`` (the teacher's shape is then the student's).
 
 The shapes come from ``model_name_or_path`` / ``teacher_model_name_or_path``: a folder with a ``config.json``, a
 packaged model (``smollm2:student``), or a Hub id whose name is a packaged shape (``Qwen/Qwen2.5-7B-Instruct`` →
@@ -115,8 +116,12 @@ def training_plan(trainer: str, keys: dict):
         vllm_gpu_memory_utilization=float(get("vllm_gpu_memory_utilization")),
         teacher_source=("cache" if off_policy else "cache+live") if cache else "live",
         teacher_top_k=keys.get("teacher_top_k"),
+        self_teacher=keys.get("privileged_teacher") or "none",
     )
-    return keys.get("model_name_or_path"), keys.get("teacher_model_name_or_path"), plan
+    teacher = keys.get("teacher_model_name_or_path")
+    if plan.self_teacher != "none":
+        teacher = keys.get("model_name_or_path")  # the student is its own teacher
+    return keys.get("model_name_or_path"), teacher, plan
 
 
 def plans_from_config(path: str) -> list[tuple[str, str | None, str | None, object]]:
@@ -134,8 +139,8 @@ def plans_from_config(path: str) -> list[tuple[str, str | None, str | None, obje
         recipe = load_recipe(path)
         out = []
         for stage in recipe.stages:
-            if stage.trainer == "spin":
-                print(f"stage {stage.name}: SPIN is not planned (the planner models distillation runs).")
+            if stage.trainer in ("spin", "grpo"):
+                print(f"stage {stage.name}: {stage.trainer} is not planned (the planner models distillation runs).")
                 continue
             check_values(stage.trainer, stage.keys, f"{path}, stage {stage.name!r}")
             out.append((f"stage {stage.name} ({stage.trainer})", *training_plan(stage.trainer, stage.keys)))

@@ -60,10 +60,14 @@ def build_trainer(run: RunArguments, train, test, *, model=None, callbacks=None)
     script, args, model_args = run.script, run.training, run.model
     if not model_args.model_name_or_path:
         raise ValueError("model_name_or_path is required: the student's folder.")
-    if run.command != "spin" and not run.teacher:
-        raise ValueError(f"teacher_model_name_or_path is required for {run.command}: the teacher's folder.")
+    self_taught = run.command in ("spin", "grpo") or getattr(args, "privileged_teacher", None) is not None
+    if not self_taught and not run.teacher:
+        raise ValueError(
+            f"teacher_model_name_or_path is required for {run.command}: the teacher's folder (or privileged_teacher: "
+            "the student shown each row's privileged_context)."
+        )
     args.model_init_kwargs = model_init_kwargs(model_args, args)
-    if run.command != "spin":
+    if run.command not in ("spin", "grpo"):
         teacher_kwargs = dict(args.model_init_kwargs)
         teacher_kwargs.pop("revision", None)
         teacher_kwargs.update(args.teacher_model_init_kwargs or {})
@@ -90,16 +94,35 @@ def build_trainer(run: RunArguments, train, test, *, model=None, callbacks=None)
         takes = ", ".join(HOOKS_BY_TRAINER[run.command])
         raise ValueError(f"{', '.join(unsupported)}: not a hook of {run.command} (it takes {takes}); remove it.")
     verifiers = [resolve_verifier(name, script, "train") for name in script.reward_funcs or []]
+    teacher = run.teacher
+    if getattr(args, "privileged_teacher", None) is not None and teacher:
+        # A recipe's teacher is a default of every stage; an OPSD stage's teacher is the student itself.
+        logger.info("privileged_teacher=%r: the stage's teacher is the student; %s is not loaded.",
+                    args.privileged_teacher, teacher)  # fmt: skip
+        teacher = args.teacher_model_name_or_path = None
     if run.command == "gkd":
         success = verifiers[0] if verifiers and "curriculum" in hooks else None
         return GKDTrainer(
-            teacher_model=run.teacher, train_dataset=train, eval_dataset=test, success_func=success, **hooks, **common
+            teacher_model=teacher, train_dataset=train, eval_dataset=test, success_func=success, **hooks, **common
         )
     if run.command == "minillm":
         if "completion" in train.column_names:
             train = train.remove_columns("completion")
-        return MiniLLMTrainer(teacher_model=run.teacher, reward_funcs=verifiers, train_dataset=train, **hooks, **common)
+        return MiniLLMTrainer(teacher_model=teacher, reward_funcs=verifiers, train_dataset=train, **hooks, **common)
+    if run.command == "grpo":
+        return grpo_trainer(verifiers, train, common)
     return SPINTrainer(train_dataset=train, **hooks, **common)
+
+
+def grpo_trainer(verifiers: list, train, common: dict):
+    """TRL's own ``GRPOTrainer`` on the recipe's verifiers, trained on the model (and adapter) the stage is given."""
+    from trl import GRPOTrainer
+
+    if not verifiers:
+        raise ValueError("A grpo stage trains on verifiers alone: set reward_funcs (e.g. ['reasoning_gym:<task>']).")
+    if "completion" in train.column_names:
+        train = train.remove_columns("completion")  # the stage samples its own completions
+    return GRPOTrainer(reward_funcs=verifiers, train_dataset=train, **common)
 
 
 def last_checkpoint(output_dir: str) -> str | None:

@@ -55,6 +55,8 @@ def check_run_inputs(run, *, first_stage: bool = True) -> None:
         raise ValueError(f"{', '.join(unsupported)}: not a hook of {run.command}; remove it.")
     for name in run.script.reward_funcs or []:
         resolve_verifier(name, run.script, "train")
+    if run.command == "grpo" and not run.script.reward_funcs:
+        raise ValueError("A grpo stage trains on verifiers alone: set reward_funcs (e.g. ['reasoning_gym:<task>']).")
     if first_stage:
         check_model_source(run.model.model_name_or_path, "model_name_or_path")
     check_model_source(run.teacher, "teacher_model_name_or_path")

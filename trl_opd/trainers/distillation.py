@@ -20,6 +20,7 @@ from ..data import check_row_types, completion_token_ids, cut_after_first_eos, i
 from ..divergences import LMHead
 from ..scoring import left_padded
 from ..sharding import gathered_heads
+from ..teachers.alignment import teacher_view
 from ..teachers.cache import row_hash
 from ..teachers.routing import CACHE_ROW_COLUMN, TEACHER_ID_COLUMN
 from .arguments import resolve_args
@@ -143,12 +144,13 @@ class DistillationTrainer(DistillationSetUp, TRLDistillationTrainer):
         args = resolve_args(args, DistillationConfig, self.default_output_dir, default_class=self.config_class)
         if teacher_model is None:
             teacher_model = args.teacher_model_name_or_path
-        if teacher_model is None and args.teacher_cache is None:
+        if teacher_model is None and args.teacher_cache is None and args.privileged_teacher is None:
             raise ValueError(
                 f"{type(self).__name__} needs a teacher: pass teacher_model= (a path, a model, or a mapping "
                 "{id: model} routed by a `teacher_id` column), set teacher_model_name_or_path, or serve a λ ≡ 0 run "
                 "from teacher_cache=."
             )
+        self._check_privileged_setup(teacher_model, args, seq_kd=args.seq_kd, eval_dataset=eval_dataset)
         self._check_teacher_setup(teacher_model, args, eval_dataset)
         self._check_tools(tools, args, eval_dataset)
         self._completions = Completions(
@@ -240,7 +242,7 @@ class DistillationTrainer(DistillationSetUp, TRLDistillationTrainer):
             raise ValueError("seq_kd samples off-policy rows from one teacher: give one teacher, or seq_kd=False.")
         if several and args.teacher_cache is not None:
             raise ValueError("A teacher cache holds one teacher's targets: use it with a single teacher_model.")
-        if teacher_model is not None:
+        if teacher_model is not None or args.privileged_teacher is not None:
             return
         if not args.lambda_schedule().always_off_policy or args.seq_kd:
             raise ValueError(
@@ -462,9 +464,10 @@ class DistillationTrainer(DistillationSetUp, TRLDistillationTrainer):
         student_head = LMHead.of(unwrapped_student)
         device = student_head.weight.device
         loss_mask = loss_mask.to(device)
+        teacher_ids, teacher_mask = teacher_view(inputs, input_ids, attention_mask)  # the teacher's own prompt
         sides = self.teachers.sides(
-            input_ids,
-            attention_mask,
+            teacher_ids,
+            teacher_mask,
             logits_to_keep,
             loss_mask,
             inputs.get("teacher_index"),

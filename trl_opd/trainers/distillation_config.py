@@ -11,13 +11,16 @@ from trl import DistillationConfig as TRLDistillationConfig
 from ..divergences import DIVERGENCES, check_divergence, reverse_kl_share
 from ..schedules import CONFIG_FIELDS, LMBDA_SCHEDULES, LambdaSchedule
 from .guard import FiniteGuardArguments
+from .privileged import PrivilegedArguments
 from .prompts import PromptArguments
 from .teacher_args import TeacherArguments
 from .vllm_rollouts import VLLMArguments
 
 
 @dataclass
-class DistillationConfig(TeacherArguments, PromptArguments, FiniteGuardArguments, VLLMArguments, TRLDistillationConfig):
+class DistillationConfig(
+    PrivilegedArguments, TeacherArguments, PromptArguments, FiniteGuardArguments, VLLMArguments, TRLDistillationConfig
+):
     r"""
     Configuration class for [`DistillationTrainer`]: on-policy distillation, with per-sample λ-mixing as an option.
 
@@ -75,6 +78,8 @@ class DistillationConfig(TeacherArguments, PromptArguments, FiniteGuardArguments
         > Parameters shared by trl-opd's trainers (documented where they are defined)
 
         `compatibility_check`, `teacher_top_k`, `teacher_cache` ([`trl_opd.trainers.teacher_args.TeacherArguments`]),
+        `privileged_teacher`, `privileged_ema_rate`, `privileged_template`
+        ([`trl_opd.trainers.privileged.PrivilegedArguments`]),
         `max_prompt_length` ([`trl_opd.trainers.prompts.PromptArguments`]), `nonfinite_policy`, `max_nonfinite_skips`
         ([`trl_opd.trainers.guard.FiniteGuardArguments`]).
 

@@ -33,6 +33,7 @@ from ..data import prepare_prompt_completion_dataset
 from ..models import check_processing_class
 from .guard import FiniteGuardMixin
 from .hooked import HookedTrainerMixin
+from .privileged import PrivilegedTeacherMixin
 from .prompts import PromptLengthMixin
 from .resume import ExactResumeMixin
 from .teacher_mixin import TeacherMixin
@@ -57,7 +58,9 @@ class SetUp:
     teachers: dict
 
 
-class DistillationSetUp(TeacherMixin, HookedTrainerMixin, FiniteGuardMixin, ExactResumeMixin, PromptLengthMixin):
+class DistillationSetUp(
+    PrivilegedTeacherMixin, TeacherMixin, HookedTrainerMixin, FiniteGuardMixin, ExactResumeMixin, PromptLengthMixin
+):
     """The behaviour every distilling trainer shares (teachers, hooks, the non-finite guard, exact resume, prompt
     lengths; see each mixin) and the set-up lifecycle of the module docstring."""
 

@@ -17,6 +17,7 @@ from ..divergences import chunked_per_token_divergence, chunked_token_log_probs
 from ..policy_gradient import minillm_advantages, token_rewards
 from ..scoring import last_hidden_states, left_padded
 from ..sharding import full_head, gathered_heads, unsharded
+from ..teachers.alignment import teacher_view
 from .arguments import resolve_args
 from .lifecycle import Completions, DistillationSetUp
 from .minillm_config import MiniLLMConfig
@@ -59,7 +60,8 @@ class MiniLLMTrainer(DistillationSetUp, GRPOTrainer):
 
     Args:
         model: the student (path, `PreTrainedModel` or `PeftModel`), as in `trl.GRPOTrainer`.
-        teacher_model: the teacher (path or `PreTrainedModel`) sharing the student's tokenizer.
+        teacher_model: the teacher (path or `PreTrainedModel`) sharing the student's tokenizer; `None` with
+            `args.privileged_teacher` (the student shown each row's `privileged_context`, docs/self-distillation.md).
         reward_funcs: verifiers, as in GRPO; may be empty (pure distillation).
         args: a [`MiniLLMConfig`].
         train_dataset, eval_dataset: datasets with a `prompt` column (text or messages) and any columns the
@@ -93,7 +95,7 @@ class MiniLLMTrainer(DistillationSetUp, GRPOTrainer):
     def __init__(
         self,
         model,
-        teacher_model,
+        teacher_model=None,
         reward_funcs=None,
         args: MiniLLMConfig | None = None,
         train_dataset=None,
@@ -110,8 +112,12 @@ class MiniLLMTrainer(DistillationSetUp, GRPOTrainer):
         teacher_processing_class=None,
     ):
         args = resolve_args(args, MiniLLMConfig, "minillm-output")
-        if teacher_model is None:
-            raise ValueError("MiniLLMTrainer needs a teacher_model (a path or a PreTrainedModel).")
+        self._check_privileged_setup(teacher_model, args, eval_dataset=eval_dataset)
+        if teacher_model is None and args.privileged_teacher is None:
+            raise ValueError(
+                "MiniLLMTrainer needs a teacher_model (a path or a PreTrainedModel), or privileged_teacher (the "
+                "student shown each row's privileged_context)."
+            )
         if isinstance(teacher_model, Mapping):
             raise ValueError("MiniLLMTrainer distils from one teacher; pass a path or a model, not a mapping.")
         if reward_funcs is None:
@@ -243,7 +249,8 @@ class MiniLLMTrainer(DistillationSetUp, GRPOTrainer):
             mask = mask & output["tool_mask"].bool()
 
         s_lp, s_hidden = self._student_log_probs(self.model, ids, attention_mask, k, mask)
-        t_lp, t_hidden = self.teacher.token_log_probs(ids, attention_mask, k, mask, self.temperature)
+        t_ids, t_attention = teacher_view(output, ids, attention_mask)  # the teacher's own prompt, if it has one
+        t_lp, t_hidden = self.teacher.token_log_probs(t_ids, t_attention, k, mask, self.temperature)
         with torch.no_grad(), gathered_heads(self.accelerator.unwrap_model(self.model), self.teacher.unwrapped):
             rkl, s_entropy, t_entropy = chunked_per_token_divergence(
                 s_hidden,
@@ -372,7 +379,7 @@ class MiniLLMTrainer(DistillationSetUp, GRPOTrainer):
         mask = inputs["completion_mask"].bool()
         student = self.accelerator.unwrap_model(model)
         s_hidden = last_hidden_states(student, ids, attention_mask, k)[mask]
-        t_hidden = self.teacher.hidden_states(ids, attention_mask, k)[mask]
+        t_hidden = self.teacher.hidden_states(*teacher_view(inputs, ids, attention_mask), k)[mask]
         with gathered_heads(student, self.teacher.unwrapped):
             rkl = chunked_per_token_divergence(
                 s_hidden,

@@ -10,6 +10,7 @@ from trl import GRPOConfig
 
 from ..divergences import reverse_kl_share
 from .guard import FiniteGuardArguments
+from .privileged import PrivilegedArguments
 from .prompts import PromptArguments
 from .teacher_args import TeacherArguments
 from .vllm_rollouts import VLLMArguments
@@ -19,7 +20,9 @@ BASELINES = ("mean", "none")
 
 
 @dataclass
-class MiniLLMConfig(TeacherArguments, PromptArguments, FiniteGuardArguments, VLLMArguments, GRPOConfig):
+class MiniLLMConfig(
+    PrivilegedArguments, TeacherArguments, PromptArguments, FiniteGuardArguments, VLLMArguments, GRPOConfig
+):
     r"""
     Configuration class for [`MiniLLMTrainer`]: reverse-KL distillation as policy gradient, with reward extrapolation.
 

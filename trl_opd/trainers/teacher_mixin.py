@@ -73,13 +73,7 @@ class TeacherMixin:
                 report.facts["teacher id"] = label
             report.raise_or_warn(mode)
             reports[label] = report
-            teachers[label] = Teacher.prepare(
-                model,
-                report.shared_vocab_size,
-                self.accelerator,
-                placement=getattr(self.args, "teacher_placement", "sharded"),
-                run_backbone=run_backbone,
-            )
+            teachers[label] = self._place_teacher(model, report.shared_vocab_size, run_backbone)
         cache = self._open_teacher_cache()
         if cache is not None:
             for label, model in loaded.items():
@@ -137,6 +131,17 @@ class TeacherMixin:
         probe = self._text_tokenizer.encode("Hello, world!", add_special_tokens=False)
         teacher.check(None if prompt is None or completion is None else prompt + completion, probe)
         return teacher, report
+
+    def _place_teacher(self, model, vocab_size: int, run_backbone=None) -> Teacher:
+        """``model`` placed with this trainer's accelerator as a :class:`~trl_opd.teachers.Teacher`, by the run's
+        ``teacher_placement`` (:func:`trl_opd.sharding.prepare_frozen`)."""
+        return Teacher.prepare(
+            model,
+            vocab_size,
+            self.accelerator,
+            placement=getattr(self.args, "teacher_placement", "sharded"),
+            run_backbone=run_backbone,
+        )
 
     def _open_teacher_cache(self) -> TeacherCache | None:
         path = getattr(self.args, "teacher_cache", None)
