@@ -321,44 +321,53 @@ def run(args) -> dict:
     logger.warning("training set: dropped %d of %d problems that are held out", dropped, len(train_all))
     reward_fn = make_reasoning_gym_reward(args.task, size=args.eval_size, seed=1, config=config)
 
-    path = Path(args.json)
-    record = json.loads(path.read_text()) if path.is_file() else {}
     settings = vars(args) | {"train_rows": len(train_dataset), "train_dropped": dropped, "machine": machine()}
+    workdir = Path(args.workdir)
+
+    def produce(row: str, seed: int):
+        if row in ("before", "teacher"):
+            return (teacher if row == "teacher" else AutoModelForCausalLM.from_pretrained(student_path)), {}
+        if row == "pipeline_api":
+            model, per_step, steps = train_with_pipeline_api(
+                seed, args, student_path, teacher_path, train_dataset, workdir
+            )
+        else:
+            student = str(student_path)
+            model, per_step, steps = train(row, seed, args, student, teacher, tokenizer, train_dataset, workdir)
+        return model, {"seconds_per_step": per_step, "steps": steps}
+
+    def held_out(model, seed: int) -> dict:
+        return evaluate(
+            model.eval(),
+            teacher,
+            tokenizer,
+            eval_dataset,
+            reward_fn,
+            samples=args.samples,
+            max_new_tokens=args.max_completion_length,
+            seed=1000 + seed,
+        )
+
+    return measure_cells(Path(args.json), settings, args.rows, args.seeds, produce, held_out)
+
+
+def measure_cells(path: Path, settings: dict, rows, seeds, produce, held_out) -> dict:
+    """Fill ``path``'s ``results`` cell by cell, seed by seed, so that a run stopped early still has every row of its
+    first seeds and a rerun skips the cells already measured. ``produce(row, seed)`` gives ``(model, numbers)`` (the
+    trained model and its training numbers), ``held_out(model, seed)`` the held-out numbers; the JSON is rewritten
+    after each cell, and ``settings`` are appended to its ``invocations``."""
+    record = json.loads(path.read_text()) if path.is_file() else {}
     record.setdefault("invocations", []).append(
         settings | {"started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
     )
     results = record.setdefault("results", {})
-    workdir = Path(args.workdir)
-    for seed in args.seeds:  # seed by seed: a run stopped early still has every row of its first seeds
-        for row in args.rows:
+    for seed in seeds:
+        for row in rows:
             if any(r["seed"] == seed for r in results.get(row, [])):
                 continue
             start = time.perf_counter()
-            if row in ("before", "teacher"):
-                model = teacher if row == "teacher" else AutoModelForCausalLM.from_pretrained(student_path)
-                numbers = {}
-            elif row == "pipeline_api":
-                model, per_step, steps = train_with_pipeline_api(
-                    seed, args, student_path, teacher_path, train_dataset, workdir
-                )
-                numbers = {"seconds_per_step": per_step, "steps": steps}
-            else:
-                model, per_step, steps = train(
-                    row, seed, args, str(student_path), teacher, tokenizer, train_dataset, workdir
-                )
-                numbers = {"seconds_per_step": per_step, "steps": steps}
-            numbers.update(
-                evaluate(
-                    model.eval(),
-                    teacher,
-                    tokenizer,
-                    eval_dataset,
-                    reward_fn,
-                    samples=args.samples,
-                    max_new_tokens=args.max_completion_length,
-                    seed=1000 + seed,
-                )
-            )
+            model, numbers = produce(row, seed)
+            numbers.update(held_out(model, seed))
             numbers.update(seed=seed, wall_seconds=time.perf_counter() - start)
             results.setdefault(row, []).append(numbers)
             path.write_text(json.dumps(record, indent=1))

@@ -163,41 +163,30 @@ def run(args) -> dict:
     eval_reward = make_reasoning_gym_reward(args.task, size=args.eval_size, seed=1, config=config)
     train_reward = make_reasoning_gym_reward(args.task, size=args.train_size, seed=0, config=config)
 
-    path = Path(args.json)
-    record = json.loads(path.read_text()) if path.is_file() else {}
     settings = vars(args) | {"train_rows": len(train_dataset), "train_dropped": dropped}
     settings["machine"] = results_table.machine()
-    record.setdefault("invocations", []).append(settings | {"started": time.strftime("%Y-%m-%d %H:%M:%S UTC")})
-    results = record.setdefault("results", {})
     workdir = Path(args.workdir)
-    for seed in args.seeds:
-        for row in args.rows:
-            if any(r["seed"] == seed for r in results.get(row, [])):
-                continue
-            start = time.perf_counter()
-            torch.manual_seed(seed)
-            if row == "before":
-                model, numbers = start_model, {}
-            else:
-                model, per_step = train(row, seed, args, model_path, train_dataset, tokenizer, train_reward, workdir)
-                numbers = {"seconds_per_step": per_step, "steps": args.steps}
-            numbers.update(
-                results_table.evaluate(
-                    model.eval(),
-                    start_model,
-                    tokenizer,
-                    eval_dataset,
-                    eval_reward,
-                    samples=args.samples,
-                    max_new_tokens=args.max_completion_length,
-                    seed=1000 + seed,
-                )
-            )
-            numbers.update(seed=seed, wall_seconds=time.perf_counter() - start)
-            results.setdefault(row, []).append(numbers)
-            path.write_text(json.dumps(record, indent=1))
-            print(f"{row:<10} seed {seed}: " + ", ".join(f"{k}={v:.4g}" for k, v in numbers.items()), flush=True)
-    return record
+
+    def produce(row: str, seed: int):
+        torch.manual_seed(seed)
+        if row == "before":
+            return start_model, {}
+        model, per_step = train(row, seed, args, model_path, train_dataset, tokenizer, train_reward, workdir)
+        return model, {"seconds_per_step": per_step, "steps": args.steps}
+
+    def held_out(model, seed: int) -> dict:
+        return results_table.evaluate(
+            model.eval(),
+            start_model,
+            tokenizer,
+            eval_dataset,
+            eval_reward,
+            samples=args.samples,
+            max_new_tokens=args.max_completion_length,
+            seed=1000 + seed,
+        )
+
+    return results_table.measure_cells(Path(args.json), settings, args.rows, args.seeds, produce, held_out)
 
 
 def report(record: dict) -> str:

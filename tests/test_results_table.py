@@ -136,3 +136,26 @@ def test_the_pipeline_api_row_trains_the_same_stages(dataset, tmp_path):
         assert (tmp_path / "pipeline_api-0" / "run" / stage / "stage.json").is_file()
     start = AutoModelForCausalLM.from_pretrained(assets["student"]).state_dict()
     assert any(not torch.equal(start[k], v) for k, v in model.state_dict().items())
+
+
+def test_measure_cells_fills_seed_by_seed_and_skips_measured_cells(tmp_path):
+    """A rerun into the same JSON measures only the missing cells; each cell is written as soon as it is measured."""
+    path = tmp_path / "results.json"
+    calls = []
+
+    def produce(row, seed):
+        calls.append((row, seed))
+        return {"row": row}, {"steps": 1}
+
+    def held_out(model, seed):
+        assert json.loads(path.read_text())["results"] if path.is_file() else True  # earlier cells already on disk
+        return {"accuracy": 0.5 if model["row"] == "a" else 0.25}
+
+    record = results_table.measure_cells(path, {"run": 1}, ["a", "b"], [0], produce, held_out)
+    assert calls == [("a", 0), ("b", 0)]
+    assert record["results"]["b"][0]["accuracy"] == 0.25 and record["results"]["a"][0]["seed"] == 0
+    calls.clear()
+    record = results_table.measure_cells(path, {"run": 2}, ["a", "b"], [0, 1], produce, held_out)
+    assert calls == [("a", 1), ("b", 1)]  # seed 0 was measured by the first run
+    assert [r["seed"] for r in record["results"]["a"]] == [0, 1]
+    assert [i["run"] for i in json.loads(path.read_text())["invocations"]] == [1, 2]
