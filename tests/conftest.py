@@ -11,7 +11,7 @@ import os
 import sys
 
 
-TORCH_LOADED_BEFORE_PIN = "torch" in sys.modules  # read by tests/test_float_path.py
+TORCH_LOADED_BEFORE_PIN = "torch" in sys.modules  # tests/test_float_path.py reads it from pytest's config
 if not TORCH_LOADED_BEFORE_PIN:
     from trl_opd.float_path import pin_float_path
 
@@ -27,6 +27,12 @@ from trl_opd.tiny import addition_dataset, char_tokenizer  # noqa: E402
 
 
 torch.set_num_threads(1)
+
+
+def pytest_configure(config):
+    """Hand the pin's outcome to tests/test_float_path.py through the config: ``import conftest`` there would find
+    whichever ``conftest`` module loaded last (tests/with_vllm has its own)."""
+    config.torch_loaded_before_pin = TORCH_LOADED_BEFORE_PIN
 
 
 @pytest.fixture(scope="session")

@@ -9,12 +9,10 @@ import pytest
 from trl_opd import float_path as fp
 
 
-def test_the_suite_runs_on_the_float_path_its_environment_asks_for():
+def test_the_suite_runs_on_the_float_path_its_environment_asks_for(pytestconfig):
     """The guard: conftest pinned the path before torch loaded, and torch dispatches to the kernels the environment
     names. Fails when a pytest plugin or an earlier import loaded torch first (the pin then cannot take effect)."""
-    import conftest
-
-    assert not conftest.TORCH_LOADED_BEFORE_PIN, (
+    assert not pytestconfig.torch_loaded_before_pin, (
         "torch was imported before tests/conftest.py could pin the float path (a pytest plugin?): the suite runs on "
         "this machine's native kernels and its numbers differ between processors. Find the import with "
         "`python -X importtime -m pytest --co -q 2>&1 | grep torch`."

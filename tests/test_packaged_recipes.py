@@ -33,7 +33,7 @@ def test_the_recipes_ship_inside_the_package():
     lines = (ROOT / "pyproject.toml").read_text().splitlines()
     package_data = next(line for line in lines if line.startswith("trl_opd = ["))
     assert "recipes/*.yaml" in package_data
-    assert sorted(SINGLE.values()) == ["gkd", "gkd", "gkd", "minillm", "spin"]
+    assert sorted(SINGLE.values()) == ["gkd", "gkd", "gkd", "gkd", "minillm", "spin"]
 
 
 def test_listing_names_every_recipe_and_its_command(capsys):
