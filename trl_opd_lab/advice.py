@@ -162,6 +162,31 @@ def spin(res) -> str | None:
     return f"**SPIN vs SFT: no clear difference at equal steps;** SFT is cheaper ({facts})."
 
 
+def opsd(res) -> str | None:
+    from .experiments import opsd as exp
+
+    if not res["runs"] or not all(arm in r for r in res["runs"] for arm in exp.ARMS):
+        return None
+    start, own, sft, gkd = (exp.errors(res, key) for key in ("start", *exp.ARMS))
+    secs = {arm: mean(exp.errors(res, arm, "train_seconds")) for arm in exp.ARMS}
+    facts = (
+        f"token error from {mean(start):.3f} after {res['steps']} steps each: OPSD {mean(own):.3f} "
+        f"({secs['opsd']:.0f} s), SFT on the answers {mean(sft):.3f} ({secs['sft']:.0f} s), GKD from the real "
+        f"teacher {mean(gkd):.3f} ({secs['gkd']:.0f} s)"
+    )
+    without = {
+        -1: "without a bigger teacher, OPSD pays over SFT on the same answers",
+        0: "without a bigger teacher, no clear difference between OPSD and SFT on the same answers; SFT is cheaper",
+        1: "without a bigger teacher, train on the answers with SFT: it beats OPSD",
+    }[exp.compare(own, sft)]
+    with_teacher = {
+        -1: "the self-teacher even beat the real teacher here",
+        0: "a real teacher was not clearly better than the self-teacher",
+        1: "with a real teacher at hand, distil from it: it beats the self-teacher",
+    }[exp.compare(own, gkd)]
+    return f"**Self-distillation with the answer as hint (OPSD): {without}; {with_teacher}** ({facts})."
+
+
 RULES = (
     ("compounding", compounding),
     ("schedules", schedules),
@@ -169,6 +194,7 @@ RULES = (
     ("modes", modes),
     ("tip", tip),
     ("spin", spin),
+    ("opsd", opsd),
 )
 
 
