@@ -88,8 +88,9 @@ def test_lab_smoke_end_to_end(tmp_path):
         assert (out / png).is_file()
     results = json.loads((out / "results.json").read_text())
     assert {"compounding", "modes", "tip", "schedules", "opsd", "teachers", "verdicts", "provenance"} <= set(results)
-    # each OPSD arm trained from the same start, the OPSD arm without a teacher model
-    assert [sorted(r) for r in results["opsd"]["runs"]] == [["gkd", "hinted_start", "opsd", "seed", "sft", "start"]]
+    # per seed: the start without and with the hint, then each arm trained from it
+    arms = ["gkd", "hinted_start", "opsd_ema", "opsd_frozen", "opsd_live", "seed", "sft", "start"]
+    assert [sorted(r) for r in results["opsd"]["runs"]] == [arms]
     prov = results["provenance"]
     assert prov["command"].startswith("trl-opd lab --smoke") and prov["torch_threads"] == 1 and prov["cpu"]["model"]
     assert prov["versions"]["torch"] and prov["student_seeds"] == [0] and prov["wall_seconds"] > 0
@@ -187,7 +188,8 @@ def test_run_counts_follow_each_experiments_settings():
     # TIP reuses the ablation's all-tokens run (cold start) when both run; warm: all, top 50 %, random 50 %
     assert count_runs(quick, ["tip"]) == 2 * (5 + 3) and count_runs(quick, ["ablation", "tip"]) == 2 * 9 + 2 * (4 + 3)
     assert count_runs(quick, ["schedules"]) == 2 * (7 + 3)  # 5 constants, linear, three_phase; 3 on the control
-    assert count_runs(quick, ["opsd"]) == 3 * 3  # OPSD, SFT, GKD for each of the 3 seeds (cheap seed 2 included)
+    # OPSD with each of 3 self-teacher kinds, SFT, GKD for each of the 3 seeds (cheap seed 2 included)
+    assert count_runs(quick, ["opsd"]) == 3 * 5
     bigger = dataclasses.replace(quick, seeds=[0, 1, 2], spin_rounds=6)
     assert count_runs(bigger, ["compounding", "spin"]) == 3 * 3 + 3 * 6  # cheap seed 2 is already a seed
 
@@ -450,48 +452,66 @@ def test_what_to_do_is_computed_from_the_numbers():
     assert advice.what_to_do({}) == []
 
 
-OPSD_SETUP = {"teacher_kind": "ema", "divergence": "jsd"}
-
-
-def _opsd_results(start, own, sft, gkd):
+def _opsd_results(start, own, sft, gkd, live=(0.8, 0.8, 0.8)):
     def arm(e):
         return {"token_error": e, "sequence_error": min(1.0, 4 * e), "train_seconds": 10.0}
 
     runs = [
-        {"seed": seed, "start": arm(a), "hinted_start": arm(0.05), "opsd": arm(o), "sft": arm(s), "gkd": arm(g)}
-        for seed, (a, o, s, g) in enumerate(zip(start, own, sft, gkd, strict=True))
+        {
+            "seed": seed,
+            "start": arm(a),
+            "hinted_start": arm(0.05),
+            "opsd_frozen": arm(o),
+            "opsd_live": arm(lv),
+            "sft": arm(s),
+            "gkd": arm(g),
+        }
+        for seed, (a, o, lv, s, g) in enumerate(zip(start, own, live, sft, gkd, strict=True))
     ]
-    return {"T": 10, "runs": runs, "warm_steps": 600, "steps": 150, "lr": 0.01, "batch": 16, **OPSD_SETUP}
+    return {
+        "T": 10,
+        "runs": runs,
+        "warm_steps": 600,
+        "steps": 150,
+        "lr": 0.01,
+        "batch": 16,
+        "kinds": ["frozen", "live"],
+        "divergence": "jsd",
+    }
 
 
 def test_opsd_verdict_and_advice_on_synthetic_numbers(tmp_path):
     start, better, worse = [0.4, 0.42, 0.41], [0.2, 0.21, 0.22], [0.5, 0.52, 0.5]
-    v = opsd.verdict(start, better, [0.3, 0.31, 0.3], [0.1, 0.11, 0.1])
-    assert v.startswith("agrees: OPSD improves on its start (token error 0.410 -> 0.210)"), v
-    assert "it beats plain SFT on the same answers (0.303)" in v and "it loses to GKD from the real teacher" in v, v
-    v = opsd.verdict(start, worse, [0.3, 0.31, 0.3], [0.5, 0.53, 0.5])
-    assert v.startswith("disagrees: OPSD makes worse its start") and "loses to plain SFT" in v, v
+    v = opsd.verdict(start, {"frozen": better, "live": worse}, [0.3, 0.31, 0.3], [0.1, 0.11, 0.1])
+    assert v.startswith("agrees: OPSD with the frozen self-teacher improves on its start (token error 0.410 -> 0.210)")
+    assert "; live worse than the start (0.507)" in v, v
+    assert "frozen OPSD beats plain SFT on the same answers (0.303)" in v and "loses to GKD from the real" in v, v
+    v = opsd.verdict(start, {"ema": worse}, [0.3, 0.31, 0.3], [0.5, 0.53, 0.5])
+    assert v.startswith("disagrees: OPSD with the ema self-teacher ends worse than its start") and "loses to plain" in v
     assert "is not clearly apart from GKD" in v, v
     # a gain on one seed only, a loss on another: not clear either way (2 standard errors of the paired differences)
-    assert opsd.verdict(start, [0.1, 0.45, 0.41], None, None).startswith("disagrees: OPSD does not clearly improve")
-    assert opsd.verdict([0.4], [0.2]).startswith("inconclusive")
+    v = opsd.verdict(start, {"ema": [0.1, 0.45, 0.41]})
+    assert v.startswith("disagrees: OPSD with the ema self-teacher does not clearly improve on its start"), v
+    assert opsd.verdict([0.4], {"ema": [0.2]}).startswith("inconclusive")
     assert opsd.compare([0.3, 0.3], [0.305, 0.305]) == 0  # below the 0.01 floor
-    # the advice names the cheaper or better choice from the same comparisons
-    res = _opsd_results(start, worse, [0.3, 0.31, 0.3], [0.1, 0.11, 0.1])
+    # the advice compares the best kind with SFT and GKD, and names the kinds that made the start worse
+    res = _opsd_results(start, worse, [0.3, 0.31, 0.3], [0.1, 0.11, 0.1], live=(0.6, 0.6, 0.6))
     text = advice.opsd(res)
     assert text.startswith("**Self-distillation with the answer as hint (OPSD): without a bigger teacher, train on")
-    assert "with a real teacher at hand, distil from it" in text and "OPSD 0.507 (10 s)" in text, text
+    assert "with a real teacher at hand, distil from it" in text and "OPSD (frozen) 0.507 (10 s)" in text, text
+    assert "frozen, live made the start worse" in text, text
     res = _opsd_results(start, better, [0.2, 0.22, 0.21], [0.21, 0.2, 0.22])
     text = advice.opsd(res)
     assert "no clear difference between OPSD and SFT" in text and "was not clearly better" in text, text
     res = _opsd_results(start, better, worse, worse)
-    assert "OPSD pays over SFT" in advice.opsd(res) and "even beat the real teacher" in advice.opsd(res)
+    assert "OPSD (frozen self-teacher) pays over SFT" in advice.opsd(res) and "even beat" in advice.opsd(res)
     del res["runs"][0]["gkd"]
     assert advice.opsd(res) is None
     # the section renders the table and the verdict from the same numbers
     lines, summary = opsd.section(_opsd_results(start, better, worse, worse), tmp_path, {})
     hinted = next(line for line in lines if line.startswith("| start with the hint |"))
     assert "| 0.050 [0.050, 0.050] | n/a |" in hinted and summary["verdict"].startswith("agrees"), hinted
+    assert any(line.startswith("| OPSD, `live` self-teacher | ") for line in lines), lines
     assert (tmp_path / "opsd.png").is_file()
 
 

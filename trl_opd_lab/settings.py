@@ -56,9 +56,11 @@ class LabSize:
     # TIP warm-started: the student first trained by SFT for tip_warm_steps (0: no warm-started runs)
     tip_warm_steps: int = 300
     # OPSD: a warm start trained on the chain with and without the answer as a hint, then OPSD (its own teacher shown
-    # the answer), SFT on the answers and GKD from the chain teacher, each for gkd_steps at gkd_lr (T = ablation_T)
+    # the answer, one run per kind), SFT on the answers and GKD from the chain teacher, each for gkd_steps at gkd_lr
+    # (T = ablation_T)
     opsd_warm_steps: int = 600  # with the hint, 300 steps left seeds 0, 1 at token error 0.19, 0.31; 600 at 0.02, 0.14
-    opsd_teacher: str = "ema"
+    # the self-teacher kinds compared (a tiny model has no PEFT adapter, so no `base`)
+    opsd_teachers: list[str] = field(default_factory=lambda: ["frozen", "ema", "live"])
     opsd_divergence: str = "jsd"
     # the experiments run in a second process when there are two cores (they reuse no other's runs)
     background: list[str] = field(default_factory=lambda: ["compounding"])
