@@ -329,6 +329,21 @@ def test_conclusion_tip_top_half_stalls_a_cold_started_student(labs):
     assert clearly_above_paired(top, full, k=2, floor=0.1), (top, full)
 
 
+@pytest.mark.slow
+def test_conclusion_opsd_frozen_teacher_improves_its_start_but_sft_on_the_answers_wins(labs):
+    """OPSD on the chain (T = 10), the answer as privileged context, seeds 0-2, from a start trained with and without
+    the hint (600 steps), 150 steps each: the `frozen` self-teacher improves the student on its start, plain SFT on
+    the same answers ends clearly lower still, and the `live` self-teacher (its target moves with the student) ends
+    worse than the start. No chain teacher is needed (the GKD control is not asserted).
+
+    Written at: MARGINS."""
+    res = opsd.run(labs[0], seeds=[0, 1, 2], kinds=("frozen", "live"), controls=("sft",))
+    start, frozen, live, sft = (opsd.errors(res, k) for k in ("start", "opsd_frozen", "opsd_live", "sft"))
+    assert clearly_above_paired(start, frozen, k=2, floor=0.03), (start, frozen)
+    assert clearly_above_paired(frozen, sft, k=2, floor=0.05), (frozen, sft)
+    assert clearly_above_paired(live, start, k=2, floor=0.1), (live, start)
+
+
 # ---------------------------------------------------------------------------------------------------- verdicts
 # The verdict and advice rules on synthetic numbers: each branch reached, each margin measured against the spread.
 
