@@ -330,18 +330,20 @@ def test_conclusion_tip_top_half_stalls_a_cold_started_student(labs):
 
 
 @pytest.mark.slow
-def test_conclusion_opsd_frozen_teacher_improves_its_start_but_sft_on_the_answers_wins(labs):
+def test_conclusion_opsd_with_a_live_self_teacher_collapses(labs):
     """OPSD on the chain (T = 10), the answer as privileged context, seeds 0-2, from a start trained with and without
-    the hint (600 steps), 150 steps each: the `frozen` self-teacher improves the student on its start, plain SFT on
-    the same answers ends clearly lower still, and the `live` self-teacher (its target moves with the student) ends
-    worse than the start. No chain teacher is needed (the GKD control is not asserted).
+    the hint (600 steps), 150 steps: with the `live` self-teacher (the student's current weights, so its target
+    moves with it) the student ends worse than its start on every seed, by 3 standard errors and 0.3 (written at
+    +0.71, +0.64, +0.62 on the pinned float path and +0.67, +0.57, +0.53 with ATEN_CPU_CAPABILITY=default
+    MKL_CBWR=COMPATIBLE, near chance, 0.8). No chain teacher is needed.
 
-    Written at: MARGINS."""
-    res = opsd.run(labs[0], seeds=[0, 1, 2], kinds=("frozen", "live"), controls=("sft",))
-    start, frozen, live, sft = (opsd.errors(res, k) for k in ("start", "opsd_frozen", "opsd_live", "sft"))
-    assert clearly_above_paired(start, frozen, k=2, floor=0.03), (start, frozen)
-    assert clearly_above_paired(frozen, sft, k=2, floor=0.05), (frozen, sft)
-    assert clearly_above_paired(live, start, k=2, floor=0.1), (live, start)
+    Measured on both paths but not asserted here (each more OPSD run costs ~40 s of the CI budget): `frozen` OPSD
+    did not beat SFT on the same answers (SFT lower on every seed: by 0.03, 0.14, 0.20 pinned; 0.04, 0.10, 0.25 on
+    the other path), and its gain over the start (0.17, 0.07, 0.09 pinned; 0.25, 0.19, 0.03 on the other path) has
+    no margin on seed 2 of the second path (docs/lab.md)."""
+    res = opsd.run(labs[0], seeds=[0, 1, 2], kinds=("live",), controls=())
+    start, live = opsd.errors(res, "start"), opsd.errors(res, "opsd_live")
+    assert clearly_above_paired(live, start, k=3, floor=0.3), (live, start)
 
 
 # ---------------------------------------------------------------------------------------------------- verdicts
