@@ -335,7 +335,7 @@ def test_conclusion_opsd_with_a_live_self_teacher_collapses(labs):
     the hint (600 steps), 150 steps: with the `live` self-teacher (the student's current weights, so its target
     moves with it) the student ends worse than its start on every seed, by 3 standard errors and 0.3 (written at
     +0.71, +0.64, +0.62 on the pinned float path and +0.67, +0.57, +0.53 with ATEN_CPU_CAPABILITY=default
-    MKL_CBWR=COMPATIBLE, near chance, 0.8). No chain teacher is needed.
+    MKL_CBWR=COMPATIBLE: token error 0.88-1.00, worse than chance, 0.8). No chain teacher is needed.
 
     Measured on both paths but not asserted here (each more OPSD run costs ~40 s of the CI budget): `frozen` OPSD
     did not beat SFT on the same answers (SFT lower on every seed: by 0.03, 0.14, 0.20 pinned; 0.04, 0.10, 0.25 on
