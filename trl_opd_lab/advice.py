@@ -162,6 +162,35 @@ def spin(res) -> str | None:
     return f"**SPIN vs SFT: no clear difference at equal steps;** SFT is cheaper ({facts})."
 
 
+def opsd(res) -> str | None:
+    from .experiments import opsd as exp
+
+    best = exp.best_kind(res)
+    if best is None or not all(c in r for r in res["runs"] for c in exp.CONTROLS):
+        return None
+    own, start, sft, gkd = (exp.errors(res, key) for key in (exp.arm_key(best), "start", *exp.CONTROLS))
+    secs = {a: mean(exp.errors(res, a, "train_seconds")) for a in (exp.arm_key(best), *exp.CONTROLS)}
+    facts = (
+        f"token error from {mean(start):.3f} after {res['steps']} steps each: OPSD ({best}) {mean(own):.3f} "
+        f"({secs[exp.arm_key(best)]:.0f} s), SFT on the answers {mean(sft):.3f} ({secs['sft']:.0f} s), GKD from the "
+        f"real teacher {mean(gkd):.3f} ({secs['gkd']:.0f} s)"
+    )
+    worse = [k for k in res["kinds"] if exp.compare(exp.errors(res, exp.arm_key(k)), start) > 0]
+    if worse:
+        facts += f"; {', '.join(worse)} made the start worse"
+    without = {
+        -1: f"without a bigger teacher, OPSD ({best} self-teacher) pays over SFT on the same answers",
+        0: "without a bigger teacher, no clear difference between OPSD and SFT on the same answers; SFT is cheaper",
+        1: "without a bigger teacher, train on the answers with SFT: it beats OPSD",
+    }[exp.compare(own, sft)]
+    with_teacher = {
+        -1: "the self-teacher even beat the real teacher here",
+        0: "a real teacher was not clearly better than the self-teacher",
+        1: "with a real teacher at hand, distil from it: it beats the self-teacher",
+    }[exp.compare(own, gkd)]
+    return f"**Self-distillation with the answer as hint (OPSD): {without}; {with_teacher}** ({facts})."
+
+
 RULES = (
     ("compounding", compounding),
     ("schedules", schedules),
@@ -169,6 +198,7 @@ RULES = (
     ("modes", modes),
     ("tip", tip),
     ("spin", spin),
+    ("opsd", opsd),
 )
 
 

@@ -138,18 +138,24 @@ class Lab:
         task=None,
         teacher=None,
         warm_steps=0,
+        student=None,
+        privileged=None,
     ):
         """One student (``size.student``) distilled by GKDTrainer on the chain at length T: (record, student).
 
         ``schedule``: GKDConfig's λ-schedule fields (e.g. ``{"lmbda_schedule": "three_phase"}``; ``lmbda`` is then
         unused unless the schedule is constant). ``curve_every``: record a learning curve (``record["curve"]``,
-        :class:`LearningCurve`). ``task``/``teacher``: another chain task and its teacher (default: the lab's)."""
+        :class:`LearningCurve`). ``task``/``teacher``: another chain task and its teacher (default: the lab's).
+        ``student``: train this model (e.g. a warm start) instead of a fresh one. ``privileged``: the config's
+        privileged-teacher fields (OPSD): the student is its own teacher, shown each row's answer as its
+        ``privileged_context``, and no teacher model is loaded."""
         from trl_opd import DistillationConfig, GKDTrainer
 
         task = task or self.chain
-        teacher = teacher or self.chain_teacher()
+        teacher = None if privileged else teacher or self.chain_teacher()
         batch = batch or self.size.gkd_batch
-        dataset = task.dataset(T, repeat=max(1, -(-4 * batch // 20)))
+        hint = bool(privileged)
+        dataset = task.dataset(T, repeat=max(1, -(-4 * batch // 20)), hint=hint)
         with tempfile.TemporaryDirectory() as out:
             args = DistillationConfig(
                 **training_args(
@@ -164,9 +170,11 @@ class Lab:
                     divergence=divergence,
                     beta=0.5,
                     **(schedule or {}),
+                    **(privileged or {}),
                 )
             )
-            student = make_student(self.tok, seed, **self.size.student)
+            if student is None:
+                student = make_student(self.tok, seed, **self.size.student)
             if warm_steps:
                 from trl_opd.tiny import train_causal_lm
 
@@ -181,7 +189,7 @@ class Lab:
                     teacher_model=teacher,
                     args=args,
                     train_dataset=dataset,
-                    eval_dataset=task.dataset(T),
+                    eval_dataset=task.dataset(T, hint=hint),
                     processing_class=self.tok,
                     token_importance=token_importance,
                     callbacks=[curve] if curve else None,

@@ -92,7 +92,7 @@ def render(results: dict, out: Path, command: str) -> tuple[list[str], dict]:
     lines = [
         "# OPD lab report",
         "",
-        f"Command: `{command}` — size `{size['name']}`; seeds {seeds} (modes and SPIN also "
+        f"Command: `{command}` — size `{size['name']}`; seeds {seeds} (modes, SPIN and OPSD also "
         f"{cheap}); experiments took {sum(results['seconds'].values()):.0f} s"
         + (
             f" of compute, {results['wall_seconds']:.0f} s of wall time with the teachers (compounding runs in a"

@@ -55,6 +55,13 @@ class LabSize:
     schedule_curve_points: int = 10
     # TIP warm-started: the student first trained by SFT for tip_warm_steps (0: no warm-started runs)
     tip_warm_steps: int = 300
+    # OPSD: a warm start trained on the chain with and without the answer as a hint, then OPSD (its own teacher shown
+    # the answer, one run per kind), SFT on the answers and GKD from the chain teacher, each for gkd_steps at gkd_lr
+    # (T = ablation_T)
+    opsd_warm_steps: int = 600  # with the hint, 300 steps left seeds 0, 1 at token error 0.19, 0.31; 600 at 0.02, 0.14
+    # the self-teacher kinds compared (a tiny model has no PEFT adapter, so no `base`)
+    opsd_teachers: list[str] = field(default_factory=lambda: ["frozen", "ema", "live"])
+    opsd_divergence: str = "jsd"
     # the experiments run in a second process when there are two cores (they reuse no other's runs)
     background: list[str] = field(default_factory=lambda: ["compounding"])
 
@@ -80,6 +87,7 @@ SIZES = {
         schedule_steps=4,
         schedule_curve_points=2,
         tip_warm_steps=4,
+        opsd_warm_steps=4,
         tip_fractions=[1.0, 0.5],
         tip_random_fractions=[0.5],
         samples_per_prompt=2,

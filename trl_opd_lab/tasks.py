@@ -70,9 +70,13 @@ class ChainTask:
             seq.append(self.next_digit(seq[-2], seq[-1]))
         return "".join(map(str, seq[2:]))
 
-    def dataset(self, T: int, repeat: int = 1) -> Dataset:
-        """Every prompt with its rule completion, ``repeat`` times (so a batch may be larger than the 20 prompts)."""
-        return Dataset.from_list([{"prompt": p, "completion": self.completion(p, T)} for p in self.prompts()] * repeat)
+    def dataset(self, T: int, repeat: int = 1, hint: bool = False) -> Dataset:
+        """Every prompt with its rule completion, ``repeat`` times (so a batch may be larger than the 20 prompts);
+        ``hint``: each row also holds its completion as its ``privileged_context`` (the answer, OPSD's hint)."""
+        rows = [{"prompt": p, "completion": self.completion(p, T)} for p in self.prompts()]
+        if hint:
+            rows = [{**row, "privileged_context": row["completion"]} for row in rows]
+        return Dataset.from_list(rows * repeat)
 
     def rule_errors(self, prompt: str, text: str, T: int) -> list[int]:
         """1 where digit t (of the first T) is missing, not a digit, or breaks the rule given the two symbols before it

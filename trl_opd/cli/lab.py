@@ -14,8 +14,8 @@ def register(subparsers) -> None:
         "lab",
         help="run the tutorial's experiments for real on tiny tasks and write a report",
         description=(
-            "The OPD lab: error compounding, mode covering vs seeking, the GKD ablation, SPIN rounds, TIP and λ "
-            "schedules, each run "
+            "The OPD lab: error compounding, mode covering vs seeking, the GKD ablation, SPIN rounds, TIP, λ "
+            "schedules and OPSD (the answer as privileged context), each run "
             "with the package's trainers on tiny synthetic tasks with a teacher trained inside the lab. Writes "
             "report.md, results.json and PNG plots. No downloads; --quick takes a few minutes on 2 CPU cores. "
             "Runs on a pinned float path (AVX2 kernels, one thread), so every x86-64 CPU with AVX2 computes the same "

@@ -8,12 +8,12 @@ the command line lists the experiments at once.
 
 from __future__ import annotations
 
-from . import ablation, compounding, modes, schedules, spin, tip
+from . import ablation, compounding, modes, opsd, schedules, spin, tip
 from .base import Experiment
 
 
 EXPERIMENTS: dict[str, Experiment] = {
-    module.EXPERIMENT.name: module.EXPERIMENT for module in (compounding, modes, ablation, spin, tip, schedules)
+    module.EXPERIMENT.name: module.EXPERIMENT for module in (compounding, modes, ablation, spin, tip, schedules, opsd)
 }
 
 
