@@ -179,7 +179,7 @@ def test_gkd_trains_with_each_kind(tmp_path, tok, hinted, kind):
     assert any(loss > 0 for loss in losses)  # the hint changes the teacher: not the student's own distribution
 
 
-@pytest.mark.parametrize("kind", ["base", "ema"])
+@pytest.mark.parametrize("kind", ["base", "frozen", "live", "ema"])
 def test_minillm_trains_with_a_privileged_teacher(tmp_path, tok, hinted, kind):
     trainer = MiniLLMTrainer(
         model=tiny_llama(len(tok), tokenizer=tok, seed=1),
